@@ -1,0 +1,5 @@
+import sys
+
+from motorsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sliding-window inference, peak picking and the competition's F2 rule."""

@@ -1,0 +1,1 @@
+"""MotorIdentifier, a 3D feature pyramid network, and its building blocks."""

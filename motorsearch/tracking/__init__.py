@@ -1,0 +1,1 @@
+"""MLflow tracking of searches and trials, and picking/exporting the best model."""

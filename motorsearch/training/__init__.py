@@ -1,0 +1,1 @@
+"""The training loop; it knows nothing of Ray or MLflow."""
