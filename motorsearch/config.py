@@ -61,7 +61,8 @@ class DataConfig:
     ``format``: "kaggle" (``root/train/<tomo_id>/slice_NNNN.jpg`` + ``root/train_labels.csv``),
     "mrc" or "zarr" (a folder of volumes plus ``labels``, a CSV of motor coordinates in
     ``labels_unit``). ``spacing`` resamples every tomogram to that many Å per voxel; null keeps
-    each native grid.
+    each native grid. ``source_spacing`` is the Å per voxel of mrc/zarr volumes, overriding their
+    headers (required when a file gives none).
     """
 
     root: str | None = None
@@ -69,6 +70,7 @@ class DataConfig:
     labels: str | None = None
     labels_unit: str = "voxel"
     spacing: float | None = 16.0
+    source_spacing: float | None = None
     normalization: str = "fixed"
     cache_dir: str = ".motorsearch/cache"
     n_folds: int = 5
@@ -80,6 +82,8 @@ class DataConfig:
         require(self.format in ("kaggle", "mrc", "zarr"), "format", "must be kaggle, mrc or zarr", self.format)
         require(self.labels_unit in ("voxel", "angstrom"), "labels_unit", "must be voxel or angstrom", self.labels_unit)
         require(self.spacing is None or self.spacing > 0, "spacing", "must be positive", self.spacing)
+        require(self.source_spacing is None or self.source_spacing > 0, "source_spacing", "must be positive",
+                self.source_spacing)
         require(self.normalization in ("fixed", "zscore"), "normalization", "must be fixed or zscore", self.normalization)
         require(self.n_folds >= 2, "n_folds", "must be at least 2", self.n_folds)
         require(0 <= self.fold < self.n_folds, "fold", f"must be in [0, n_folds={self.n_folds})", self.fold)
