@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.<name>``; each module exposes ``run(quick=False) -> list[dict]``."""
