@@ -68,6 +68,7 @@ def simulate_dataset(
 
     train_ids, test_ids = _tomo_ids(seed, n_train, n_test)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    work.chmod(0o755)  # mkdtemp makes 0700; a shared dataset must be readable by every user
     try:
         plan = {"train": (train_ids, _train_counts(seed, n_train)), "test": (test_ids, _test_counts(seed, n_test))}
         labels: dict[str, dict[str, TomogramLabels]] = {}
