@@ -1,0 +1,191 @@
+"""Training and inference benchmark: throughput, whole-tomogram inference time, FLOPs per voxel.
+
+``python -m benchmarks.bench_training [--quick] [--threads N] [--peak-tflops T]`` prints a table;
+``run(quick)`` returns its rows (dicts with ``metric``, ``value``, ``unit``, ``note``) for the
+combined report.
+
+- FLOPs per voxel: forward multiply-adds x 2 of each preset (``MotorIdentifier.flops_per_voxel``);
+  a training step costs about 3x (forward + backward).
+- Training throughput: input voxels per second through full optimizer steps (forward, weighted
+  BCE, backward, clipping, AdamW) on random (B, 1, D, H, W) batches — the model's cost alone,
+  no data loading (the data benchmark measures that). On the CPU with ``--threads`` threads
+  (default 1, so numbers compare per core and survive a shared machine).
+- Inference: a 300 x 960 x 928 tomogram on the 16 Å grid (a typical BYU tomogram after
+  resampling) through ``predict_volume`` (windows 64 x 128 x 128, overlap 0.5, Gaussian
+  blending). On the CPU the whole volume would take minutes, so a sub-volume is timed and the
+  time extrapolated by the number of windows; the note says so.
+- With CUDA: the same in bf16 (4m and 16m presets, training patches 128 x 256 x 256), inference
+  of the whole volume timed for real, and the fraction of ``--peak-tflops`` reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+from motorsearch.config import ExperimentConfig, ModelConfig
+from motorsearch.evaluation.inference import predict_volume, window_steps
+from motorsearch.losses import build_loss
+from motorsearch.model import build_model
+from motorsearch.training.trainer import build_optimizer, optimizer_step
+
+TOMOGRAM = (300, 960, 928)  # voxels at 16 Å
+WINDOW = (64, 128, 128)
+OVERLAP = 0.5
+
+
+def _row(metric: str, value: float, unit: str, note: str = "") -> dict:
+    return {"metric": metric, "value": float(value), "unit": unit, "note": note}
+
+
+def run(quick: bool = False, *, threads: int = 1, peak_tflops: float | None = None) -> list[dict]:
+    """Every measurement; ``quick`` uses smaller patches and fewer steps (seconds, not minutes)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = _flops()
+        cpu = torch.device("cpu")
+        train_patch = (32, 64, 64) if quick else (64, 128, 128)
+        steps = 2 if quick else 4
+        for preset in ("tiny", "4m"):
+            rows.append(_training(preset, cpu, patch=train_patch, batch=2, steps=steps, precision="fp32",
+                                  note=f"CPU, {threads} thread(s), batch 2x{_dims(train_patch)}"))
+        rows.append(_cpu_inference("tiny", quick))
+        if torch.cuda.is_available():
+            rows += _cuda(quick, peak_tflops)
+    finally:
+        torch.set_num_threads(saved)
+    return rows
+
+
+def _dims(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _flops() -> list[dict]:
+    rows = []
+    for preset in ("tiny", "4m", "16m"):
+        model = build_model(ModelConfig(preset=preset))
+        flops = model.flops_per_voxel(WINDOW)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append(_row(f"forward FLOPs per voxel ({preset})", flops / 1e3, "kFLOP/voxel",
+                         f"{params / 1e6:.2f}M parameters, stride 16; training ~3x"))
+    return rows
+
+
+def _training(preset: str, device: torch.device, *, patch, batch: int, steps: int, precision: str,
+              note: str, peak_tflops: float | None = None) -> dict:
+    cfg = ExperimentConfig()
+    cfg.model.preset = preset
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device).train()
+    optimizer = build_optimizer(model, cfg)
+    loss_fn = build_loss(cfg.loss)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    images = torch.randn(batch, 1, *patch, device=device)
+    targets = torch.rand(batch, 1, *(p // 16 for p in patch), device=device)
+
+    def step() -> None:
+        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        loss_fn(logits.float(), targets).backward()
+        optimizer_step(model, optimizer, scaler, grad_clip=1.0)
+
+    step()  # warm-up: allocations, cuDNN autotuning
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - started
+    voxels_per_s = steps * batch * math.prod(patch) / seconds
+    if peak_tflops:
+        flops = 3 * model.flops_per_voxel(tuple(patch)) * voxels_per_s
+        note += f"; {flops / 1e12:.1f} TFLOP/s = {100 * flops / (peak_tflops * 1e12):.1f}% of {peak_tflops:g} peak"
+    return _row(f"training throughput ({preset}, {device.type}, {precision})", voxels_per_s / 1e6, "Mvoxel/s",
+                note)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def window_count(shape, window=WINDOW, stride: int = 16, overlap: float = OVERLAP) -> int:
+    """Sliding windows ``predict_volume`` runs over ``shape`` (padded to multiples of ``stride``)."""
+    steps = window_steps(window, stride, overlap)
+    count = 1
+    for n, w, s in zip(shape, window, steps, strict=True):
+        padded = max(math.ceil(n / stride) * stride, w)
+        count *= math.ceil((padded - w) / s) + 1
+    return count
+
+
+def _inference_seconds(model: torch.nn.Module, shape, device: torch.device, precision: str, batch: int) -> float:
+    volume = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    kwargs = dict(patch_size=WINDOW, stride=16, overlap=OVERLAP, batch_size=batch, device=device,
+                  precision=precision)
+    predict_volume(model, volume[:WINDOW[0], :WINDOW[1], :WINDOW[2]], **kwargs)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    predict_volume(model, volume, **kwargs)
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def _cpu_inference(preset: str, quick: bool) -> dict:
+    model = build_model(ModelConfig(preset=preset)).eval()
+    part = (64, 256, 256) if quick else (128, 384, 384)
+    seconds = _inference_seconds(model, part, torch.device("cpu"), "fp32", batch=2)
+    estimate = seconds * window_count(TOMOGRAM) / window_count(part)
+    return _row(f"inference {_dims(TOMOGRAM)} at 16 Å ({preset}, cpu)", estimate, "s",
+                f"EXTRAPOLATED from a {_dims(part)} sub-volume ({seconds:.1f} s, {window_count(part)} of "
+                f"{window_count(TOMOGRAM)} windows {_dims(WINDOW)}, overlap {OVERLAP}), "
+                f"{torch.get_num_threads()} thread(s)")
+
+
+def _cuda(quick: bool, peak_tflops: float | None) -> list[dict]:
+    device = torch.device("cuda")
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    name = torch.cuda.get_device_name(device)
+    patch = (64, 128, 128) if quick else (128, 256, 256)
+    rows = [_training(preset, device, patch=patch, batch=2, steps=3 if quick else 10, precision=precision,
+                      note=f"{name}, batch 2x{_dims(patch)}", peak_tflops=peak_tflops)
+            for preset in ("4m", "16m")]
+    shape = (96, 320, 320) if quick else TOMOGRAM
+    for preset in ("tiny", "4m"):
+        model = build_model(ModelConfig(preset=preset)).to(device).eval()
+        seconds = _inference_seconds(model, shape, device, precision, batch=8)
+        note = f"{name}, {precision}, windows {_dims(WINDOW)} overlap {OVERLAP}, batch 8"
+        if peak_tflops:
+            flops = model.flops_per_voxel(WINDOW) * window_count(shape) * math.prod(WINDOW) / seconds
+            note += f"; {flops / 1e12:.1f} TFLOP/s = {100 * flops / (peak_tflops * 1e12):.1f}% of peak"
+        rows.append(_row(f"inference {_dims(shape)} at 16 Å ({preset}, cuda)", seconds, "s", note))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    width = max(len(r["metric"]) for r in rows)
+    lines = [f"{'metric':<{width}}  {'value':>10}  {'unit':<12}  note", "-" * (width + 40)]
+    lines += [f"{r['metric']:<{width}}  {r['value']:>10.3f}  {r['unit']:<12}  {r['note']}" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_training", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: per-core numbers)")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's peak TFLOP/s in the precision used, "
+                                                          "e.g. 989 for an H100 SXM in bf16 (dense)")
+    args = parser.parse_args(argv)
+    print(format_table(run(quick=args.quick, threads=args.threads, peak_tflops=args.peak_tflops)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""``python -m motorsearch best [--experiment NAME] [--top K]``: the leaderboard of a search, from MLflow.
+
+Reads the latest search of the experiment (the most recent search anywhere when no
+``--experiment``) and prints its trials best first, with their status, best value of the
+search's metric, the epoch it was reached and the sampled parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "best", help="print the leaderboard of a search (read from MLflow)",
+        description="Print the trials of the latest search in an MLflow experiment, best first.")
+    parser.add_argument("--experiment", metavar="NAME", help="search name = MLflow experiment (default: the latest "
+                                                             "search at the tracking URI)")
+    parser.add_argument("--top", type=int, default=10, metavar="K", help="rows shown (default 10; 0 = all)")
+    parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                                              "else sqlite:///mlflow.db in this folder)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from motorsearch.errors import InputError
+    from motorsearch.tracking import schema
+    from motorsearch.tracking.leaderboard import connect, find_search, leaderboard, search_metric
+
+    if args.top < 0:
+        raise InputError(f"`--top` cannot be negative, but got --top={args.top}.")
+    client = connect(args.tracking_uri)
+    search = find_search(client, args.experiment)
+    metric, mode = search_metric(search)
+    table = leaderboard(client, search)
+    name = client.get_experiment(search.info.experiment_id).name
+    tags = search.data.tags
+    print(f"experiment {name!r}, search run {search.info.run_id} ({tags.get(schema.STATUS, '?')}), "
+          f"{len(table)} trials, ranked by best {metric} ({mode})")
+    shown = table if args.top == 0 else table.head(args.top)
+    if shown.empty:
+        print("(no trials logged yet)")
+        return 0
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 32):
+        print(shown.drop(columns=["run_id"]).assign(run_id=shown["run_id"].str[:12]).to_string(index=False))
+    finished = table[(table["status"] == schema.FINISHED) & table[schema.best_metric(metric)].notna()]
+    if len(finished):
+        print(f"best finished trial: {finished['trial_id'].iloc[0]} (run {finished['run_id'].iloc[0]}); export it "
+              f"with: python -m motorsearch export --experiment {name} --out best.pt")
+    else:
+        print("no finished trial yet (export needs one).")
+    return 0

@@ -1,0 +1,85 @@
+"""``python -m motorsearch run SPACE.yaml``: a hyperparameter search on Ray Tune + Optuna.
+
+Flags replace the space file's values; ``--set`` overrides the base experiment (as in ``train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from motorsearch.cli import add_overrides
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a hyperparameter search described by a search-space YAML",
+        description="Search hyperparameters with Ray Tune (trials across CPUs/GPUs/nodes), Optuna (TPE, random, "
+                    "CMA-ES) and ASHA early stopping. Prints the Ray dashboard URL, Tune's live table, and at the "
+                    "end a leaderboard and the best checkpoint's model file.",
+    )
+    parser.add_argument("space", metavar="SPACE.yaml", help="search-space file, e.g. search_spaces/demo.yaml")
+    parser.add_argument("--address", metavar="auto|HOST:PORT",
+                        help="join an existing Ray cluster (default: the space file's `address`, else a local Ray)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted search of the same name; finished trials are not redone")
+    parser.add_argument("--name", help="search name (folder under the storage path); default: the space file's")
+    parser.add_argument("--num-samples", type=int, metavar="N", help="number of trials")
+    parser.add_argument("--storage-path", metavar="PATH", help="where results go (default ./runs); a URI for clusters")
+    parser.add_argument("--storage-shared", action="store_true", default=None,
+                        help="declare that the storage path is one filesystem every node sees (e.g. NFS)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: the space file's, else $MLFLOW_TRACKING_URI, "
+                             "else sqlite:///mlflow.db in the current directory)")
+    parser.add_argument("--warm-start", metavar="EXPERIMENT",
+                        help="first try the best configurations of an earlier search (its MLflow experiment name)")
+    parser.add_argument("--warm-start-top", type=int, default=3, metavar="K",
+                        help="how many configurations --warm-start takes (default 3)")
+    parser.add_argument("--top", type=int, default=10, metavar="K", help="leaderboard rows to print (default 10)")
+    add_overrides(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from motorsearch.errors import ConfigError
+    from motorsearch.search.runner import format_leaderboard, run_search, study_url
+    from motorsearch.search.space import load_space
+    from motorsearch.tracking.search_runs import SearchRun
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"`--num-samples` must be at least 1, but got --num-samples={args.num_samples}.")
+    if args.warm_start_top < 1:
+        raise ConfigError(f"`--warm-start-top` must be at least 1, but got --warm-start-top={args.warm_start_top}.")
+    space = load_space(args.space, overrides=args.overrides, name=args.name, num_samples=args.num_samples,
+                       storage_path=args.storage_path, address=args.address, storage_shared=args.storage_shared,
+                       tracking_uri=args.tracking_uri)
+    warm = None
+    if args.warm_start:
+        from motorsearch.tracking.leaderboard import top_configs
+
+        warm = top_configs(args.warm_start, args.warm_start_top, space.tracking_uri)
+        print(f"warm start: {len(warm)} configuration(s) from MLflow experiment {args.warm_start!r}")
+    # Opened before Ray starts, so an unreachable tracking server fails in seconds, not after training.
+    with SearchRun.start(name=space.name, metric=space.metric, mode=space.mode, space_file=args.space,
+                         tracking_uri=space.tracking_uri, ray_address=space.address or "local",
+                         storage_path=space.storage_path, resume=args.resume) as search:
+        search.study_storage, search.study_name = study_url(space), space.name
+        callback = search.trial_callback(max_epochs=space.max_epochs,
+                                         resolve_config=lambda values: space.trial_config(values).to_dict())
+        outcome = run_search(space, callbacks=[callback], points_to_evaluate=warm, resume=args.resume)
+        if not outcome.complete:
+            search.status = "interrupted"
+    print()
+    print(f"leaderboard ({space.metric}, {space.mode}) of {len(outcome.leaderboard)} trials:")
+    print(format_leaderboard(outcome.leaderboard, metric=space.metric, top=args.top))
+    print(f"results: {outcome.experiment_path}")
+    print(f"optuna study: optuna-dashboard {outcome.study_storage}")
+    print(f"mlflow: experiment {space.name!r} at {search.tracking_uri} (search run {search.run_id}); "
+          f"open with `mlflow ui` in this folder, or `python -m motorsearch best --experiment {space.name}`")
+    if not outcome.complete:
+        print(f"the search was interrupted; continue it with: python -m motorsearch run {args.space} --resume"
+              + (f" --name {space.name}" if args.name else "")
+              + (f" --storage-path {args.storage_path}" if args.storage_path else ""))
+    errors = [row for row in outcome.leaderboard if row.status == "error"]
+    if errors:
+        print(f"{len(errors)} trial(s) failed; their errors are in <trial folder>/error.txt, e.g. {errors[0].path}")
+    return 0 if outcome.best is not None else 1

@@ -1,0 +1,196 @@
+"""The self-contained model file: everything ``predict`` needs, in one ``torch.load``-safe file.
+
+A model file is ``torch.save`` of a dict of plain Python values and tensors, so it loads with
+``torch.load(path, weights_only=True)`` (no code runs on load)::
+
+    format            "motorsearch-model"
+    format_version    FORMAT_VERSION (1)
+    motorsearch_version
+    state_dict        the MotorIdentifier weights (CPU tensors)
+    architecture      MotorIdentifier(**architecture) rebuilds the network
+    preprocessing     spacing (Å/voxel of the training grid, None = native grid),
+                      normalization ("fixed" | "zscore"), patch_size [z, y, x] voxels, stride,
+                      overlap, window_batch_size, max_motors, nms_radius_a (Å), precision
+    threshold         decision threshold on the heatmap probability (inf: never predict a motor)
+    metrics           validation metrics of the epoch it was saved at (floats)
+    config            the whole experiment config as a plain dict
+    extra             anything else the caller added (plain values)
+
+Files are written atomically (temporary name in the same folder, then ``os.replace``).
+``write_checksum`` adds ``<file>.sha256`` in ``sha256sum`` format; ``load_model_file`` checks it
+whenever it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from motorsearch import __version__
+from motorsearch.config import ExperimentConfig, from_dict
+from motorsearch.errors import ModelFileError
+
+FORMAT = "motorsearch-model"
+FORMAT_VERSION = 1
+_REQUIRED = ("state_dict", "architecture", "preprocessing", "threshold", "metrics", "config")
+
+
+@dataclass
+class LoadedModel:
+    """A model file, loaded: ``model`` (MotorIdentifier in eval mode on the requested device) and its facts."""
+
+    model: torch.nn.Module
+    architecture: dict[str, Any]
+    preprocessing: dict[str, Any]
+    threshold: float
+    metrics: dict[str, float]
+    config: dict[str, Any]
+    format_version: int
+    motorsearch_version: str
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def experiment_config(self) -> ExperimentConfig:
+        """The experiment config the model was trained with, rebuilt and validated."""
+        return from_dict(self.config, source=f"{self.path} (config)")
+
+
+def model_payload(*, model: torch.nn.Module, cfg: ExperimentConfig, threshold: float,
+                  metrics: dict[str, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dict ``save_model_file`` writes (see the module docstring)."""
+    architecture = getattr(model, "architecture", None)
+    if not isinstance(architecture, dict):
+        raise TypeError("`model` must be a MotorIdentifier (it needs an `architecture` dict).")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "motorsearch_version": __version__,
+        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
+        "architecture": dict(architecture),
+        "preprocessing": {
+            "spacing": cfg.data.spacing,
+            "normalization": cfg.data.normalization,
+            "patch_size": [int(p) for p in cfg.sampling.patch_size],
+            "stride": int(cfg.model.stride),
+            "overlap": float(cfg.validation.overlap),
+            "window_batch_size": int(cfg.validation.window_batch_size),
+            "max_motors": int(cfg.validation.max_motors),
+            "nms_radius_a": float(cfg.validation.nms_radius_a),
+            "precision": cfg.optim.precision,
+        },
+        "threshold": float(threshold),
+        "metrics": {str(k): float(v) for k, v in metrics.items()},
+        "config": cfg.to_dict(),
+        "extra": dict(extra or {}),
+    }
+
+
+def save_model_file(path: str | Path, *, model: torch.nn.Module, cfg: ExperimentConfig, threshold: float,
+                    metrics: dict[str, float], extra: dict[str, Any] | None = None) -> Path:
+    """Write the model file to ``path`` atomically; returns ``path``.
+
+    A ``<path>.sha256`` left from an earlier file of that name is removed (it describes other bytes).
+    """
+    path = Path(path)
+    payload = model_payload(model=model, cfg=cfg, threshold=threshold, metrics=metrics, extra=extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.save(payload, tmp)
+        checksum_path(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def checksum_path(path: str | Path) -> Path:
+    """``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksum(path: str | Path) -> Path:
+    """Write ``<path>.sha256`` (``<hex digest>  <file name>``, as ``sha256sum`` does); returns its path."""
+    path = Path(path)
+    target = checksum_path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(f"{file_sha256(path)}  {path.name}\n")
+    os.replace(tmp, target)
+    return target
+
+
+def verify_checksum(path: str | Path) -> bool:
+    """Check ``path`` against ``<path>.sha256``; False when there is no checksum file, ModelFileError on mismatch."""
+    path = Path(path)
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return False
+    words = sidecar.read_text().split()
+    expected = words[0].lower() if words else ""
+    actual = file_sha256(path)
+    if expected != actual:
+        raise ModelFileError(f"{path}: checksum mismatch: {sidecar.name} says sha256={expected or '<empty>'}, "
+                             f"but the file has sha256={actual}; the file was changed or damaged.")
+    return True
+
+
+def load_model_file(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model file written by ``save_model_file``; the model is in eval mode on ``device``.
+
+    Raises ModelFileError (exit code 2 in the CLI) for a missing file, a checksum mismatch, a file
+    that is not a torch file or is truncated, one that is not a motorsearch model, an unknown
+    ``format_version``, or weights that do not fit the stored architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file.")
+    verify_checksum(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or truncated bytes
+        raise ModelFileError(f"{path}: not a readable model file (corrupted, truncated or not a torch file): "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a motorsearch model file (expected format={FORMAT!r}).")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: unknown model file format_version={version!r}; this motorsearch "
+                             f"({__version__}) reads format_version={FORMAT_VERSION}.")
+    missing = [key for key in _REQUIRED if key not in payload]
+    if missing:
+        raise ModelFileError(f"{path}: the model file lacks {', '.join(missing)}; it is damaged.")
+
+    from motorsearch.model.fpn import MotorIdentifier
+
+    try:
+        model = MotorIdentifier(**payload["architecture"])
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: the stored weights do not fit the stored architecture: "
+                             f"{str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    threshold = float(payload["threshold"])
+    if math.isnan(threshold):
+        raise ModelFileError(f"{path}: `threshold` must be a number, but got threshold=nan.")
+    return LoadedModel(
+        model=model, architecture=dict(payload["architecture"]), preprocessing=dict(payload["preprocessing"]),
+        threshold=threshold, metrics=dict(payload["metrics"]), config=dict(payload["config"]),
+        format_version=int(version), motorsearch_version=str(payload.get("motorsearch_version", "?")),
+        path=path, extra=dict(payload.get("extra") or {}),
+    )

@@ -1,0 +1,153 @@
+"""Whole-tomogram prediction with a loaded model file: the library side of the ``predict`` command.
+
+``Predictor.predict(volume, spacing=...)`` takes a raw (z, y, x) uint8 tomogram on its original
+grid and returns at most one motor in that grid's voxels, prepared exactly as training data is:
+
+1. resample by ``preprocess.resample_factor(spacing, model spacing)`` with ``preprocess.resample``
+   (the cache's function, so the same voxels);
+2. normalise with the model's method (z-score uses the resampled volume's exact statistics, as
+   the cache records them);
+3. sliding-window heatmap (``evaluation.inference.predict_volume``), strongest peak
+   (``evaluation.peaks.find_peaks``), kept when its probability reaches the model's threshold;
+4. clamp the peak into the resampled volume (an output voxel at the far edge is centred in the
+   padding) and map it back with ``preprocess.to_original``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from motorsearch.data import preprocess
+from motorsearch.data.source import TomogramRecord
+from motorsearch.errors import ConfigError, DataError, ModelFileError
+from motorsearch.model_file import LoadedModel
+
+FORMATS = ("kaggle", "mrc", "zarr")
+NO_SPACING = "does not give a voxel spacing"  # volumes.read_volume_folder's message for a header without one
+
+
+class Predictor:
+    """A model file ready to find motors; ``patch_size`` (z, y, x voxels) overrides the training window."""
+
+    def __init__(self, loaded: LoadedModel, *, device: torch.device | str = "cpu",
+                 patch_size: Sequence[int] | None = None):
+        p = loaded.preprocessing
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = torch.device(device)
+        self.stride = int(p["stride"])
+        self.model_spacing = None if p.get("spacing") is None else float(p["spacing"])
+        self.normalization = str(p["normalization"])
+        self.overlap = float(p["overlap"])
+        self.window_batch_size = int(p["window_batch_size"])
+        self.nms_radius_a = float(p["nms_radius_a"])
+        self.precision = str(p.get("precision", "fp32"))
+        self.threshold = float(loaded.threshold)
+        self.patch_size = tuple(int(v) for v in (patch_size if patch_size is not None else p["patch_size"]))
+        if len(self.patch_size) != 3 or any(v < self.stride or v % self.stride for v in self.patch_size):
+            what = "`--patch-size`" if patch_size is not None else f"{loaded.path}: `patch_size`"
+            error = ConfigError if patch_size is not None else ModelFileError
+            raise error(f"{what} must be 3 multiples of the model's stride={self.stride} (each at least "
+                        f"{self.stride} voxels), but got patch_size={list(self.patch_size)}.")
+        if self.normalization not in preprocess.NORMALIZATIONS:
+            raise ModelFileError(f"{loaded.path}: unknown normalization={self.normalization!r}.")
+
+    def heatmap(self, volume: np.ndarray, *, spacing: float) -> tuple[np.ndarray, tuple[int, int, int], float]:
+        """(probability heatmap on the output grid, resampled shape (z, y, x), its spacing in Å/voxel)."""
+        if not spacing > 0:
+            raise ConfigError(f"`spacing` must be positive, but got spacing={spacing}.")
+        factor = preprocess.resample_factor(spacing, self.model_spacing)
+        resampled = preprocess.resample(np.asarray(volume), factor)
+        mean = std = None
+        if self.normalization == "zscore":
+            mean, std = preprocess.volume_stats(resampled)
+        normalised = preprocess.normalize(resampled, self.normalization, mean=mean, std=std)
+        del resampled
+        from motorsearch.evaluation.inference import predict_volume
+
+        prob = predict_volume(self.model, normalised, patch_size=self.patch_size, stride=self.stride,
+                              overlap=self.overlap, batch_size=self.window_batch_size, device=self.device,
+                              precision=self.precision)
+        grid_spacing = self.model_spacing if self.model_spacing is not None else float(spacing)
+        return prob, tuple(normalised.shape), grid_spacing
+
+    def predict(self, volume: np.ndarray, *, spacing: float) -> np.ndarray | None:
+        """The motor (3,) in voxels (z, y, x) of ``volume``'s grid, or None when below the threshold.
+
+        ``volume``: (z, y, x) uint8 on its original grid; ``spacing``: its Å per voxel.
+        """
+        from motorsearch.evaluation.peaks import find_peaks
+
+        prob, shape, grid_spacing = self.heatmap(volume, spacing=spacing)
+        peaks = find_peaks(prob, stride=self.stride, max_peaks=1, nms_radius_vox=self.nms_radius_a / grid_spacing)
+        if not peaks or not peaks[0][1] >= self.threshold:
+            return None
+        # an output voxel's centre may lie in the padding past the far edge: keep it inside the volume
+        coords = np.clip(np.asarray(peaks[0][0], dtype=np.float64), 0.0, np.asarray(shape) - 1.0)[None]
+        return preprocess.to_original(coords, tuple(np.asarray(volume).shape), shape)[0]
+
+
+def detect_format(folder: Path) -> str:
+    """"mrc" or "zarr" when ``folder`` holds such volumes, "kaggle" when it holds ``<tomo_id>/slice_*.jpg``."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(p.suffix.lower() == ".zarr" for p in entries):
+        return "zarr"
+    if any(p.suffix.lower() in (".mrc", ".rec") and p.is_file() for p in entries):
+        return "mrc"
+    if any(p.is_dir() and any(p.glob("slice_*.jp*g")) for p in entries):
+        return "kaggle"
+    splits = [p.name for p in entries if p.is_dir() and p.name in ("test", "train")]
+    hint = f" It looks like a Kaggle download: pass --data {folder / splits[0]}." if splits else ""
+    raise DataError(f"{folder}: no tomograms found (expected <tomo_id>/slice_*.jpg folders, *.mrc files or "
+                    f"*.zarr volumes).{hint}")
+
+
+def read_tomograms(folder: str | Path, *, fmt: str | None = None) -> tuple[list[TomogramRecord], str]:
+    """Records of every tomogram in ``folder`` and the format used (``fmt`` or detected).
+
+    A Kaggle split folder is read with ``read_kaggle(folder.parent, folder.name)``, so spacings come
+    from ``<root>/<split>_labels.csv`` when present. MRC/zarr spacings come from the file headers;
+    files without one get ``spacing=None`` (the caller chooses the fallback).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder.")
+    fmt = fmt or detect_format(folder)
+    if fmt not in FORMATS:
+        raise ConfigError(f"`format` must be one of {', '.join(FORMATS)}, but got format={fmt!r}.")
+    if fmt == "kaggle":
+        from motorsearch.data.kaggle import read_kaggle
+
+        return read_kaggle(folder.resolve().parent, folder.resolve().name), fmt
+    from motorsearch.data.volumes import read_volume_folder
+
+    try:
+        return read_volume_folder(folder, fmt=fmt), fmt
+    except DataError as exc:
+        if NO_SPACING not in str(exc):
+            raise
+    # some files give no spacing: read all with a placeholder, then take each header's own where it has one
+    records = read_volume_folder(folder, fmt=fmt, spacing=1.0)
+    return [dataclasses.replace(r, spacing=header_spacing(Path(r.source), fmt)) for r in records], fmt
+
+
+def header_spacing(path: Path, fmt: str) -> float | None:
+    """The Å/voxel a single MRC/zarr volume's header gives, None when it gives none."""
+    from motorsearch.data.volumes import read_volume_folder
+
+    # read_volume_folder reads folders: show it this one volume through a link in a scratch folder
+    with tempfile.TemporaryDirectory(prefix=".motorsearch-predict-") as scratch:
+        link = Path(scratch) / path.name
+        link.symlink_to(path.resolve(), target_is_directory=path.is_dir())
+        try:
+            return read_volume_folder(Path(scratch), fmt=fmt)[0].spacing
+        except DataError as exc:
+            if NO_SPACING not in str(exc):
+                raise
+            return None

@@ -1,0 +1,163 @@
+"""Where a search runs: start or join Ray, and refuse set-ups that can never work.
+
+- ``connect``: a local Ray instance by default, with the dashboard bound to 127.0.0.1; or join
+  an existing cluster (``address: auto`` or ``HOST:PORT``); or reuse the instance this process
+  already started (tests, notebooks).
+- ``check_request``: a trial's ``{cpu, gpu}`` must fit on at least one alive node. Ray would
+  otherwise leave such trials PENDING forever (it only warns after a minute).
+- ``check_storage``: with more than one node, every node writes checkpoints under
+  ``storage_path``, so it must be storage all nodes share: a URI (``s3://``, ``gs://``, ...)
+  or a path the space file declares shared with ``storage_shared: true`` (an NFS mount seen at
+  the same path on every node). Ray no longer syncs trial folders to the head node.
+
+Ray 2.60 turns token authentication on for new local clusters: the dashboard answers 401 until
+the browser is given the token ``ray get-auth-token`` prints. ``RAY_AUTH_MODE=disabled`` in the
+environment before the search starts switches it off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from motorsearch.errors import InputError
+from motorsearch.search.space import Resources, is_uri
+
+
+@dataclass(frozen=True)
+class Node:
+    """An alive Ray node and the resources it offers (``{"CPU": 2.0, "GPU": 1.0, ...}``)."""
+
+    node_id: str
+    address: str
+    resources: Mapping[str, float]
+
+
+@dataclass
+class ClusterInfo:
+    """The Ray instance a search runs on."""
+
+    nodes: list[Node]
+    resources: dict[str, float]
+    started_here: bool
+    address: str | None = None
+    dashboard_url: str | None = None
+    token_auth: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def connect(address: str | None = None, *, dashboard: bool = True) -> ClusterInfo:
+    """Join ``address`` ("auto", "HOST:PORT", "ray://...") or start a local Ray; reuse a running one."""
+    import ray
+
+    started_here = False
+    dashboard_url = None
+    if ray.is_initialized():
+        dashboard_url = _dashboard_url()
+    else:
+        options: dict[str, Any] = {"address": address, "log_to_driver": True}
+        if address is None:
+            options.update(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        try:
+            context = ray.init(**options)
+        except ConnectionError as exc:
+            raise InputError(f"cannot join the Ray cluster at address={address!r}: {exc}. Start it with "
+                             "`ray start --head` or pass another --address.") from None
+        started_here = address is None
+        dashboard_url = getattr(context, "dashboard_url", None) or None
+    if dashboard_url and "://" not in dashboard_url:
+        dashboard_url = f"http://{dashboard_url}"
+    nodes = alive_nodes()
+    return ClusterInfo(nodes=nodes, resources={k: float(v) for k, v in ray.cluster_resources().items()},
+                       started_here=started_here, address=address, dashboard_url=dashboard_url,
+                       token_auth=_token_auth_enabled())
+
+
+def alive_nodes() -> list[Node]:
+    import ray
+
+    return [Node(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), resources=dict(n.get("Resources", {})))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def check_request(resources: Resources, nodes: Sequence[Node]) -> None:
+    """Raise InputError unless some node can run one trial asking for ``resources``."""
+    totals = _totals(nodes)
+    summary = describe_resources(totals)
+    if resources.gpu > 0 and totals.get("GPU", 0.0) == 0:
+        raise InputError(f"resources.gpu={_number(resources.gpu)} but the cluster has no GPU (cluster resources: "
+                         f"{summary}). Set resources.gpu: 0 to train on CPUs, or join a cluster with GPUs (--address).")
+    for node in nodes:
+        if node.resources.get("CPU", 0.0) >= resources.cpu and node.resources.get("GPU", 0.0) >= resources.gpu:
+            return
+    most_cpu = max((n.resources.get("CPU", 0.0) for n in nodes), default=0.0)
+    most_gpu = max((n.resources.get("GPU", 0.0) for n in nodes), default=0.0)
+    if resources.gpu > most_gpu:
+        raise InputError(f"resources.gpu={_number(resources.gpu)} but no node has more than {_number(most_gpu)} "
+                         f"GPU(s) (cluster resources: {summary}); a trial runs on one node.")
+    if resources.cpu > most_cpu:
+        raise InputError(f"resources.cpu={_number(resources.cpu)} but no node has more than {_number(most_cpu)} "
+                         f"CPU(s) (cluster resources: {summary}); a trial runs on one node.")
+    raise InputError(f"resources.cpu={_number(resources.cpu)} with resources.gpu={_number(resources.gpu)} fits on "
+                     f"no single node (nodes: {'; '.join(describe_resources(n.resources) for n in nodes)}).")
+
+
+def check_storage(storage_path: str, *, shared: bool, nodes: Sequence[Node]) -> None:
+    """Raise InputError when several nodes would write to a ``storage_path`` only one of them sees."""
+    if len(nodes) <= 1 or shared or is_uri(storage_path):
+        return
+    raise InputError(
+        f"storage_path={storage_path!r} is a local folder, but the cluster has {len(nodes)} nodes and each writes "
+        "its trials' checkpoints there. Use storage every node shares: an s3:// or gs:// URI, or a shared "
+        "filesystem mounted at the same path on every node (e.g. NFS) declared with `storage_shared: true` "
+        "in the space file.")
+
+
+def dashboard_message(info: ClusterInfo) -> str:
+    """What to print about the dashboard: its URL and how to get in."""
+    if not info.dashboard_url:
+        return "Ray dashboard: not available (install ray[default] for it)."
+    lines = [f"Ray dashboard: {info.dashboard_url}"]
+    if info.token_auth:
+        lines.append("  token authentication is on: open the URL and paste the token printed by "
+                     "`ray get-auth-token` (set RAY_AUTH_MODE=disabled before starting to switch it off).")
+    if info.started_here:
+        lines.append("  (bound to 127.0.0.1; from another machine: ssh -L 8265:127.0.0.1:8265 <this host>)")
+    return "\n".join(lines)
+
+
+def describe_resources(resources: Mapping[str, float]) -> str:
+    """"CPU 2, GPU 1" (CPU and GPU first, memory and node labels left out)."""
+    parts = [f"{name} {_number(resources[name])}" for name in ("CPU", "GPU") if resources.get(name)]
+    return ", ".join(parts) or "none"
+
+
+def _totals(nodes: Sequence[Node]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for name, value in node.resources.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _dashboard_url() -> str | None:
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        return get_dashboard_url() or None
+    except Exception:  # internal helper; the URL is a convenience only
+        return None
+
+
+def _token_auth_enabled() -> bool:
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        return get_authentication_mode() == AuthenticationMode.TOKEN
+    except Exception:  # older or newer Ray without the API: say nothing about tokens
+        return False

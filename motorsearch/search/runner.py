@@ -1,0 +1,322 @@
+"""Run a search: Ray Tune + OptunaSearch (+ ASHA) over a loaded :class:`SearchSpace`.
+
+``run_search(space)`` connects to Ray, checks the set-up (resources, shared storage), prepares
+the data cache once, assembles the Tuner and runs it; it returns a :class:`SearchOutcome` with
+Tune's ResultGrid and a leaderboard. Tune keeps everything under ``<storage_path>/<name>/``;
+the Optuna study is the SQLite file ``optuna.db`` there (open it with
+``optuna-dashboard sqlite:///<storage_path>/<name>/optuna.db``). When ``storage_path`` is a URI
+the study lives in ``.motorsearch/optuna/<name>.db`` under the current directory instead
+(SQLite needs a local file).
+
+``resume=True`` continues an interrupted search of the same name: finished trials are kept,
+unfinished and errored ones continue from their last checkpoint, and only the remaining samples
+are drawn. ``callbacks`` (Tune callbacks, e.g. experiment tracking) must be picklable: Tune saves
+them with the experiment; on resume the ones given now replace the saved ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from motorsearch.errors import ConfigError, InputError
+from motorsearch.search.cluster import ClusterInfo, check_request, check_storage, connect, dashboard_message
+from motorsearch.search.space import SearchSpace, is_uri
+from motorsearch.search.trainable import TrialSetup, fault_epoch_from_env, train_trial
+
+STUDY_FILE = "optuna.db"
+_CACHE_KEYS = ("data.root", "data.format", "data.labels", "data.labels_unit", "data.spacing", "data.source_spacing",
+               "data.cache_dir", "data.synthetic.n_train", "data.synthetic.n_test", "data.synthetic.seed",
+               "data.synthetic.difficulty")
+_MAX_PREPARED_VARIANTS = 16
+
+
+@dataclass
+class LeaderboardRow:
+    """One trial, at its best reported epoch."""
+
+    trial_id: str
+    value: float | None
+    epoch: int | None
+    epochs_run: int
+    status: str
+    params: dict[str, Any]
+    checkpoint: str | None
+    path: str
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or interrupted) search leaves: Tune's results and the ranked trials."""
+
+    results: Any  # ray.tune.ResultGrid
+    leaderboard: list[LeaderboardRow]
+    experiment_path: str
+    study_storage: str
+    cluster: ClusterInfo
+    complete: bool = True  # False when interrupted: continue with resume=True
+
+    @property
+    def best(self) -> LeaderboardRow | None:
+        ranked = [row for row in self.leaderboard if row.value is not None]
+        return ranked[0] if ranked else None
+
+
+def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_evaluate: list[dict] | None = None,
+               resume: bool = False, verbose: int = 1, out: Any = None) -> SearchOutcome:
+    """Run (or with ``resume`` continue) the search ``space`` describes; see the module docstring.
+
+    ``points_to_evaluate``: configurations tried first, as ``{dotted.path: value}`` over the
+    sampled parameters (Optuna enqueues them; parameters left out are sampled).
+    ``out``: where progress lines go (default stdout).
+    """
+    from ray import tune
+
+    out = out or sys.stdout
+    _check_points(space, points_to_evaluate)
+    path = space.experiment_path
+    restorable = tune.Tuner.can_restore(path)
+    if resume and not restorable:
+        raise InputError(f"--resume: no search to resume at {path} (name={space.name!r}, storage_path="
+                         f"{space.storage_path!r}); run it without --resume first.")
+    if not resume and restorable:
+        raise InputError(f"a search named {space.name!r} already exists at {path}; continue it with --resume, or give "
+                         "another name (--name).")
+
+    cluster = connect(space.address)
+    print(dashboard_message(cluster), file=out)
+    check_request(space.resources, cluster.nodes)
+    check_storage(space.storage_path, shared=space.storage_shared, nodes=cluster.nodes)
+    prepare_data(space, out=out)
+
+    setup = TrialSetup(base=space.base.to_dict(), metric=space.metric, mode=space.mode, cpus=space.resources.cpu,
+                       trial_root=None if is_uri(path) else path, fault_epoch=fault_epoch_from_env())
+    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), space.resources.as_ray())
+    study_storage = study_url(space)
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        if callbacks:
+            tuner._local_tuner.get_run_config().callbacks = list(callbacks)  # saved ones may be stale
+        print(f"resuming the search at {path}", file=out)
+    else:
+        _remove_stale_study(study_storage)
+        tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
+                           run_config=_run_config(space, callbacks, verbose))
+        print(f"search {space.name!r}: {space.num_samples} trials, results in {path}", file=out)
+    results = tuner.fit()
+    board = leaderboard(results, space)
+    complete = len(results) >= space.num_samples and results.num_terminated + results.num_errors == len(results)
+    return SearchOutcome(results=results, leaderboard=board, experiment_path=path, study_storage=study_storage,
+                         cluster=cluster, complete=complete)
+
+
+def study_url(space: SearchSpace) -> str:
+    """SQLAlchemy URL of the Optuna study file (see the module docstring)."""
+    if is_uri(space.storage_path):
+        folder = Path.cwd() / ".motorsearch" / "optuna"
+        file = folder / f"{space.name}.db"
+    else:
+        folder = Path(space.experiment_path)
+        file = folder / STUDY_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+def prepare_data(space: SearchSpace, *, out: Any = None) -> list[Path]:
+    """Build the data caches trials will read, once, before any trial starts; returns their folders.
+
+    The base experiment's data, plus one cache per combination of categorical or fixed values of
+    parameters that change the cached voxels (``data.spacing`` choices, say). A parameter with a
+    continuous range over such a path makes each trial build its cache on first use instead
+    (safe: builds are locked).
+    """
+    from motorsearch.data.cache import prepare
+
+    variants = _data_variants(space)
+    roots = []
+    for values in variants:
+        cfg = space.trial_config(values, source=f"{space.source} (data preparation)")
+        if out is not None:
+            print(f"preparing data cache ({_describe(values) or 'base experiment'}) in {cfg.data.cache_dir}", file=out)
+        roots.append(prepare(cfg.data, progress=out is not None).root)
+    return roots
+
+
+def leaderboard(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
+    """Every trial at its best epoch, best first (trials without a result last)."""
+    sampled = {p.path for p in space.parameters}
+    rows = []
+    for result in results:
+        frame = result.metrics_dataframe
+        value = epoch = None
+        epochs_run = 0
+        if frame is not None and space.metric in frame and len(frame):
+            column = frame[space.metric].astype(float)
+            index = column.idxmax() if space.mode == "max" else column.idxmin()
+            if not math.isnan(column[index]):
+                value = float(column[index])
+                epoch = int(frame.loc[index, "epoch"]) if "epoch" in frame else None
+            epochs_run = int(frame["epoch"].max()) if "epoch" in frame else len(frame)
+        checkpoint = None
+        if value is not None:
+            best = result.get_best_checkpoint(space.metric, space.mode)
+            checkpoint = best.path if best is not None else None
+        status = "error" if result.error else ("finished" if epochs_run >= _epochs_of(result, space)
+                                               else f"stopped at epoch {epochs_run}")
+        params = {k: v for k, v in (result.config or {}).items() if k in sampled}
+        rows.append(LeaderboardRow(trial_id=_trial_id(result), value=value, epoch=epoch, epochs_run=epochs_run,
+                                   status=status, params=params, checkpoint=checkpoint, path=str(result.path)))
+    sign = -1.0 if space.mode == "max" else 1.0
+    rows.sort(key=lambda r: (r.value is None, sign * (r.value or 0.0)))
+    return rows
+
+
+def format_leaderboard(rows: Sequence[LeaderboardRow], *, metric: str, top: int = 10) -> str:
+    """The top ``top`` rows as an aligned text table, then where the best model file is."""
+    shown = list(rows)[:top]
+    params = sorted({k for row in shown for k in row.params})
+    header = ["#", "trial", metric, "epoch", "status", *params]
+    table = [header]
+    for rank, row in enumerate(shown, 1):
+        table.append([str(rank), row.trial_id, "-" if row.value is None else f"{row.value:.4f}",
+                      "-" if row.epoch is None else str(row.epoch), row.status,
+                      *[_format_value(row.params.get(p, "")) for p in params]])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table]
+    if len(rows) > top:
+        lines.append(f"... and {len(rows) - top} more trials")
+    best = next((r for r in rows if r.checkpoint), None)
+    if best is not None:
+        lines.append(f"best checkpoint ({metric}={best.value:.4f}, trial {best.trial_id}, epoch {best.epoch}): "
+                     f"{best.checkpoint}")
+        lines.append(f"best model file: {best.checkpoint}/model.pt")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _tune_config(space: SearchSpace, study_storage: str, points_to_evaluate: list[dict] | None) -> Any:
+    from ray import tune
+
+    return tune.TuneConfig(
+        search_alg=_searcher(space, study_storage, points_to_evaluate),
+        scheduler=_scheduler(space),
+        num_samples=space.num_samples,
+        max_concurrent_trials=space.max_concurrent,
+        trial_dirname_creator=trial_dirname,
+        reuse_actors=True,  # the next trial runs in a finished trial's process: no new imports (~10 s)
+    )
+
+
+def _run_config(space: SearchSpace, callbacks: Sequence[Any], verbose: int) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=space.name,
+        storage_path=space.storage_path,
+        callbacks=list(callbacks) or None,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep,
+                                                checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        verbose=verbose,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (``trial_<id>``) instead of Tune's parameter-laden default."""
+    return f"trial_{trial.trial_id}"
+
+
+def _searcher(space: SearchSpace, study_storage: str, points_to_evaluate: list[dict] | None) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = space.searcher
+    if spec.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.n_startup_trials,
+                                             constant_liar=True)
+    elif spec.sampler == "cmaes":
+        sampler = optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=spec.n_startup_trials,
+                                               warn_independent_sampling=False)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    storage = optuna.storages.RDBStorage(study_storage, engine_kwargs={"connect_args": {"timeout": 30}})
+    return OptunaSearch(space=space.define_by_run(), metric=space.metric, mode=space.mode, sampler=sampler,
+                        study_name=space.name, storage=storage, points_to_evaluate=points_to_evaluate or None)
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec = space.scheduler
+    if spec.type == "none":
+        return None
+    return ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode, max_t=space.max_epochs,
+                         grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+
+
+def _check_points(space: SearchSpace, points: list[dict] | None) -> None:
+    known = {p.path for p in space.sampled}
+    for index, point in enumerate(points or []):
+        if not isinstance(point, dict):
+            raise ConfigError(f"points_to_evaluate[{index}] must be a mapping of dotted.path: value, but got {point!r}.")
+        for key, value in point.items():
+            if key not in known:
+                from motorsearch.registry import did_you_mean
+
+                raise ConfigError(f"points_to_evaluate[{index}]: '{key}' is not a sampled parameter of "
+                                  f"{space.source}.{did_you_mean(str(key), known)}")
+            try:
+                space.trial_config({key: value}, source="")
+            except ConfigError as exc:
+                raise ConfigError(f"points_to_evaluate[{index}]: {key}={value!r} is rejected: "
+                                  f"{str(exc).removeprefix(': ')}") from None
+
+
+def _remove_stale_study(url: str) -> None:
+    """A study file without a Tune experiment beside it is left from a start that never ran: drop it."""
+    file = Path(url.removeprefix("sqlite:///"))
+    if file.is_file():
+        file.unlink()
+
+
+def _data_variants(space: SearchSpace) -> list[dict[str, Any]]:
+    options = []
+    for parameter in space.parameters:
+        if parameter.path not in _CACHE_KEYS:
+            continue
+        if parameter.type == "categorical":
+            options.append([(parameter.path, c) for c in parameter.choices])
+        elif parameter.type == "fixed":
+            options.append([(parameter.path, parameter.value)])
+        else:
+            return [{}]  # a continuous range: trials build their own caches
+    combos = [dict(c) for c in itertools.product(*options)]
+    return combos if len(combos) <= _MAX_PREPARED_VARIANTS else [{}]
+
+
+def _epochs_of(result: Any, space: SearchSpace) -> int:
+    epochs = (result.config or {}).get("optim.epochs")
+    return int(epochs) if epochs is not None else space.base.optim.epochs
+
+
+def _trial_id(result: Any) -> str:
+    name = Path(str(result.path)).name
+    return name.removeprefix("trial_")
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

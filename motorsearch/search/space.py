@@ -1,0 +1,604 @@
+"""The search-space file: what a search varies, how it schedules trials, where it runs.
+
+A space file (``search_spaces/*.yaml``) names a base experiment, fixed ``overrides`` and
+``parameters`` over dotted config paths; see README "The search-space file" for every key.
+Loading is strict: unknown keys get a did-you-mean error, every bound and choice is checked
+against the ExperimentConfig field it samples (type and range, by building a config with it;
+names of losses and model presets against their registries), and all problems surface as
+:class:`~motorsearch.errors.ConfigError` naming the file and key.
+
+Sampling is Optuna's define-by-run (:class:`DefineByRun`): parameters are suggested in an order
+where every parameter comes after those its ``when`` condition reads, and a conditional
+parameter is suggested only when its condition holds. A condition on a path that is not a
+parameter reads the base experiment's value.
+
+Paths: a relative ``experiment`` is looked up next to the space file, then in the space file's
+parent folder (the project root when spaces live in ``search_spaces/``), then in the current
+working directory. ``storage_path`` and the data paths (``data.cache_dir``, ``data.root``,
+``data.labels``) are relative to the current working directory and made absolute on load,
+because Ray Tune runs each trial in its own working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from motorsearch.config import (
+    ExperimentConfig,
+    apply_overrides,
+    check_path,
+    field_paths,
+    from_dict,
+    read_yaml,
+    set_dotted,
+)
+from motorsearch.errors import ConfigError
+from motorsearch.registry import did_you_mean
+
+SAMPLERS = ("tpe", "random", "cmaes")
+SCHEDULERS = ("asha", "none")
+PARAMETER_TYPES = ("float", "int", "categorical")
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
+_TOP_KEYS = ("name", "experiment", "overrides", "metric", "mode", "num_samples", "max_concurrent", "resources",
+             "scheduler", "searcher", "tracking_uri", "storage_path", "storage_shared", "address", "max_failures",
+             "checkpoints_to_keep", "parameters")
+_DATA_PATHS = ("data.cache_dir", "data.root", "data.labels")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One entry of ``parameters``: a sampled (float/int/categorical) or fixed value at ``path``.
+
+    ``when`` maps dotted paths to the tuple of values for which this parameter is active.
+    """
+
+    path: str
+    type: str  # float | int | categorical | fixed
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether every condition holds for ``values`` (path -> value, sampled or base)."""
+        return all(values.get(path) in allowed for path, allowed in self.when)
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this parameter from an Optuna trial (or Ray's captor of one)."""
+        if self.type == "float":
+            return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.path, list(self.choices))
+        return self.value
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for: CPUs (1 + DataLoader workers) and GPUs (fractions share a card)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def as_ray(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """``type: asha`` stops poor trials at rungs of ``grace_period * reduction_factor**k`` epochs."""
+
+    type: str = "asha"
+    max_epochs: int | None = None
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    """The Optuna sampler; ``n_startup_trials`` random trials come first (TPE, CMA-ES)."""
+
+    sampler: str = "tpe"
+    seed: int | None = None
+    n_startup_trials: int = 10
+
+
+@dataclass
+class SearchSpace:
+    """A loaded, validated space file. ``base`` is the experiment with overrides (absolute paths)."""
+
+    name: str
+    source: Path
+    experiment: Path | None
+    base: ExperimentConfig
+    parameters: list[Parameter]
+    metric: str = "val_f2"
+    mode: str = "max"
+    num_samples: int = 8
+    max_concurrent: int | None = None
+    resources: Resources = field(default_factory=Resources)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    searcher: SearcherSpec = field(default_factory=SearcherSpec)
+    tracking_uri: str | None = None
+    storage_path: str = ""
+    storage_shared: bool = False
+    address: str | None = None
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+
+    @property
+    def sampled(self) -> list[Parameter]:
+        return [p for p in self.parameters if p.type != "fixed"]
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial trains (ASHA's ``max_t``)."""
+        epochs = [p for p in self.parameters if p.path == "optim.epochs"]
+        if epochs and epochs[0].type == "int":
+            return int(epochs[0].high)
+        if epochs and epochs[0].type == "categorical":
+            return max(int(c) for c in epochs[0].choices)
+        if epochs:
+            return int(epochs[0].value)
+        return self.base.optim.epochs
+
+    @property
+    def experiment_path(self) -> str:
+        """Where Tune keeps this search: ``<storage_path>/<name>`` (a URI stays a URI)."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def define_by_run(self) -> DefineByRun:
+        return DefineByRun(self.parameters, self.base.to_dict())
+
+    def trial_config(self, values: Mapping[str, Any], *, source: str = "trial") -> ExperimentConfig:
+        """The base experiment with ``values`` (dotted path -> value) set, validated."""
+        return build_trial_config(self.base.to_dict(), values, source=source)
+
+
+class DefineByRun:
+    """Optuna define-by-run function of a space; picklable (Ray saves the searcher with it).
+
+    Called with an Optuna trial, suggests the active parameters in dependency order and returns
+    the fixed values that apply (Ray merges them into the trial's config).
+    """
+
+    def __init__(self, parameters: Sequence[Parameter], base: dict[str, Any]):
+        self.parameters = order_parameters(parameters)
+        self.base_values = {path: _get(base, path) for p in parameters for path, _ in p.when}
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        values = dict(self.base_values)
+        fixed = {}
+        for parameter in self.parameters:
+            if not parameter.active(values):
+                continue
+            values[parameter.path] = parameter.suggest(trial)
+            if parameter.type == "fixed":
+                fixed[parameter.path] = parameter.value
+        return fixed or None
+
+
+def build_trial_config(base: dict[str, Any], values: Mapping[str, Any], *, source: str) -> ExperimentConfig:
+    """``from_dict`` of ``base`` (a nested config dict) with each dotted ``values`` entry set."""
+    raw = copy.deepcopy(base)
+    for path, value in values.items():
+        set_dotted(raw, path, value)
+    return from_dict(raw, source=source)
+
+
+def order_parameters(parameters: Sequence[Parameter]) -> list[Parameter]:
+    """File order, except that a parameter comes after every parameter its condition reads."""
+    by_path = {p.path: p for p in parameters}
+    ordered: list[Parameter] = []
+    done: set[str] = set()
+
+    def visit(parameter: Parameter, chain: tuple[str, ...]) -> None:
+        if parameter.path in done:
+            return
+        if parameter.path in chain:
+            cycle = " -> ".join((*chain, parameter.path))
+            raise ConfigError(f"`parameters` conditions form a cycle: {cycle}.")
+        for path, _ in parameter.when:
+            if path in by_path:
+                visit(by_path[path], (*chain, parameter.path))
+        done.add(parameter.path)
+        ordered.append(parameter)
+
+    for parameter in parameters:
+        visit(parameter, ())
+    return ordered
+
+
+def is_uri(path: str) -> bool:
+    return any(path.startswith(scheme) for scheme in URI_SCHEMES) or "://" in path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | None = None,
+               num_samples: int | None = None, storage_path: str | None = None,
+               address: str | None = None, storage_shared: bool | None = None,
+               tracking_uri: str | None = None) -> SearchSpace:
+    """Read and validate a space file. ``overrides`` (``--set k=v``) apply to the base experiment;
+    the keyword arguments replace the file's values (command-line flags)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of search settings at the top level, got {raw!r}.")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}'.{did_you_mean(str(key), _TOP_KEYS)}")
+    flags = {"name": name, "num_samples": num_samples, "storage_path": storage_path, "address": address,
+             "storage_shared": storage_shared, "tracking_uri": tracking_uri}
+    raw.update({key: value for key, value in flags.items() if value is not None})
+    reader = _Reader(path, raw)
+
+    experiment = _find_experiment(path, reader.optional("experiment", str))
+    base_raw = {} if experiment is None else (read_yaml(experiment) or {})
+    if not isinstance(base_raw, dict):
+        raise ConfigError(f"{experiment}: expected a mapping of config sections at the top level.")
+    fixed = raw.get("overrides") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: `overrides` must be a mapping of dotted.key: value, but got overrides={fixed!r}.")
+    for key, value in fixed.items():
+        check_path(str(key), where=f"{path}: `overrides.{key}`")
+        set_dotted(base_raw, str(key), value)
+    apply_overrides(base_raw, list(overrides))
+    scheduler = _scheduler(reader)
+    if scheduler.max_epochs is not None:
+        set_dotted(base_raw, "optim.epochs", scheduler.max_epochs)
+    for key in _DATA_PATHS:
+        value = _get(base_raw, key)
+        if isinstance(value, str) and "://" not in value:
+            set_dotted(base_raw, key, str(Path(value).expanduser().resolve()))
+    if _get(base_raw, "data.cache_dir") is None:
+        set_dotted(base_raw, "data.cache_dir", str(Path(ExperimentConfig().data.cache_dir).resolve()))
+    source = f"{path} (experiment {experiment or 'defaults'} with overrides)"
+    base = from_dict(base_raw, source=source)
+    for dotted, registry in _registries().items():
+        if base.get(dotted) not in registry:
+            raise ConfigError(f"{source}: `{dotted}` must be one of {', '.join(sorted(registry))}, but got "
+                              f"{dotted}={base.get(dotted)!r}.{did_you_mean(str(base.get(dotted)), registry)}")
+
+    space = SearchSpace(
+        name=reader.optional("name", str) or path.stem,
+        source=path,
+        experiment=experiment,
+        base=base,
+        parameters=_parameters(path, raw.get("parameters"), base),
+        metric=reader.optional("metric", str) or "val_f2",
+        mode=reader.choice("mode", ("max", "min"), "max"),
+        num_samples=reader.integer("num_samples", 8, minimum=1),
+        max_concurrent=reader.optional_integer("max_concurrent", minimum=1),
+        resources=_resources(reader),
+        scheduler=scheduler,
+        searcher=_searcher(reader),
+        tracking_uri=reader.optional("tracking_uri", str),
+        storage_path=_storage_path(reader.optional("storage_path", str) or "runs"),
+        storage_shared=reader.flag("storage_shared", False),
+        address=reader.optional("address", str),
+        max_failures=reader.integer("max_failures", 2, minimum=-1),
+        checkpoints_to_keep=reader.integer("checkpoints_to_keep", 2, minimum=1),
+    )
+    _check_name(path, space.name)
+    if space.scheduler.type == "asha" and space.scheduler.grace_period > space.max_epochs:
+        raise ConfigError(f"{path}: `scheduler.grace_period` must not exceed the epochs a trial trains "
+                          f"({space.max_epochs}), but got scheduler.grace_period={space.scheduler.grace_period}.")
+    return space
+
+
+def _storage_path(value: str) -> str:
+    return value if is_uri(value) else str(Path(value).expanduser().resolve())
+
+
+def _check_name(path: Path, name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or name.strip() != name:
+        raise ConfigError(f"{path}: `name` must be a plain folder name (no '/', not starting with '.'), "
+                          f"but got name={name!r}.")
+
+
+def _find_experiment(space_file: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    given = Path(value).expanduser()
+    candidates = [given] if given.is_absolute() else [space_file.parent / given, space_file.parent.parent / given,
+                                                      Path.cwd() / given]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise ConfigError(f"{space_file}: `experiment` names no file, but got experiment={value!r} (tried {tried}).")
+
+
+def _resources(reader: _Reader) -> Resources:
+    section = reader.section("resources", ("cpu", "gpu"))
+    cpu, gpu = section.number("cpu", 1.0), section.number("gpu", 0.0)
+    if not cpu > 0:
+        raise ConfigError(f"{reader.path}: `resources.cpu` must be positive, but got resources.cpu={cpu}.")
+    if gpu < 0:
+        raise ConfigError(f"{reader.path}: `resources.gpu` cannot be negative, but got resources.gpu={gpu}.")
+    if gpu > 1 and gpu != int(gpu):
+        raise ConfigError(f"{reader.path}: `resources.gpu` above 1 must be a whole number of GPUs (Ray shares only "
+                          f"fractions of one card), but got resources.gpu={gpu}.")
+    return Resources(cpu=cpu, gpu=gpu)
+
+
+def _scheduler(reader: _Reader) -> SchedulerSpec:
+    section = reader.section("scheduler", ("type", "max_epochs", "grace_period", "reduction_factor"))
+    spec = SchedulerSpec(
+        type=section.choice("type", SCHEDULERS, "asha"),
+        max_epochs=section.optional_integer("max_epochs", minimum=1),
+        grace_period=section.integer("grace_period", 1, minimum=1),
+        reduction_factor=section.number("reduction_factor", 3.0),
+    )
+    if not spec.reduction_factor > 1:
+        raise ConfigError(f"{reader.path}: `scheduler.reduction_factor` must be greater than 1, but got "
+                          f"scheduler.reduction_factor={spec.reduction_factor}.")
+    return spec
+
+
+def _searcher(reader: _Reader) -> SearcherSpec:
+    section = reader.section("searcher", ("sampler", "seed", "n_startup_trials"))
+    return SearcherSpec(
+        sampler=section.choice("sampler", SAMPLERS, "tpe"),
+        seed=section.optional_integer("seed", minimum=0),
+        n_startup_trials=section.integer("n_startup_trials", 10, minimum=0),
+    )
+
+
+def _parameters(path: Path, raw: Any, base: ExperimentConfig) -> list[Parameter]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: `parameters` must be a mapping of dotted.config.path: spec, but got {raw!r}.")
+    fields = field_paths()
+    parameters = []
+    for dotted, spec in raw.items():
+        key = f"parameters.{dotted}"
+        if dotted not in fields:
+            raise ConfigError(f"{path}: `{key}`: unknown config key '{dotted}'.{did_you_mean(str(dotted), fields)}")
+        parameters.append(_parameter(path, key, dotted, spec, fields[dotted]))
+    by_path = {p.path: p for p in parameters}
+    for parameter in parameters:
+        for when_path, allowed in parameter.when:
+            key = f"parameters.{parameter.path}.when.{when_path}"
+            if when_path not in fields:
+                raise ConfigError(f"{path}: `{key}`: unknown config key '{when_path}'.{did_you_mean(when_path, fields)}")
+            source = by_path.get(when_path)
+            if source is not None and source.type == "categorical":
+                for value in allowed:
+                    if value not in source.choices:
+                        names = [str(c) for c in source.choices]
+                        raise ConfigError(f"{path}: `{key}` must be among the choices of parameters.{when_path} "
+                                          f"({', '.join(names)}), but got {value!r}.{did_you_mean(str(value), names)}")
+    try:
+        order_parameters(parameters)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    base_dict = base.to_dict()
+    for parameter in parameters:
+        for value in _values_to_check(parameter):
+            _check_registered(path, parameter.path, value)
+            try:
+                build_trial_config(base_dict, {parameter.path: value}, source="")
+            except ConfigError as exc:
+                detail = str(exc).removeprefix(": ")
+                raise ConfigError(f"{path}: `parameters.{parameter.path}` can take {value!r}, which the experiment "
+                                  f"config rejects: {detail}") from None
+    return parameters
+
+
+_SPEC_KEYS = {
+    "float": ("type", "low", "high", "log", "step", "when"),
+    "int": ("type", "low", "high", "log", "step", "when"),
+    "categorical": ("type", "choices", "when"),
+    "fixed": ("value", "when"),
+}
+
+
+def _parameter(path: Path, key: str, dotted: str, spec: Any, annotation: Any) -> Parameter:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: `{key}` must be a mapping like {{type: float, low: 0.1, high: 1}} or "
+                          f"{{value: X}}, but got {key}={spec!r}.")
+    if "value" in spec:
+        kind = "fixed"
+    else:
+        kind = spec.get("type")
+        if kind not in PARAMETER_TYPES:
+            raise ConfigError(f"{path}: `{key}.type` must be float, int or categorical (or give `value:` for a fixed "
+                              f"value), but got {key}.type={kind!r}.{did_you_mean(str(kind), PARAMETER_TYPES)}")
+    for name in spec:
+        if name not in _SPEC_KEYS[kind]:
+            raise ConfigError(f"{path}: unknown key '{key}.{name}' for a {kind} parameter."
+                              f"{did_you_mean(str(name), _SPEC_KEYS[kind])}")
+    when = _when(path, key, spec.get("when"))
+    if kind == "fixed":
+        return Parameter(dotted, "fixed", value=spec["value"], when=when)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{path}: `{key}.choices` must be a non-empty list, but got {key}.choices={choices!r}.")
+        for choice in choices:
+            if not (choice is None or isinstance(choice, (bool, int, float, str))):
+                raise ConfigError(f"{path}: `{key}.choices` must hold plain values (Optuna stores numbers, strings, "
+                                  f"booleans or null), but got {choice!r}.")
+        return Parameter(dotted, "categorical", choices=tuple(choices), when=when)
+
+    scalars = _scalar_types(annotation)
+    if kind == "int" and int not in scalars:
+        raise ConfigError(f"{path}: `{key}` has type int, but the config field {dotted} holds "
+                          f"{_describe(annotation)}; use type float or categorical.")
+    if kind == "float" and float not in scalars:
+        hint = "; use type int" if int in scalars else "; use type categorical"
+        raise ConfigError(f"{path}: `{key}` has type float, but the config field {dotted} holds "
+                          f"{_describe(annotation)}{hint}.")
+    low, high = _bound(path, key, spec, "low", kind), _bound(path, key, spec, "high", kind)
+    if not low < high:
+        raise ConfigError(f"{path}: `{key}.low` must be below {key}.high={high}, but got {key}.low={low}.")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{path}: `{key}.log` must be true or false, but got {key}.log={log!r}.")
+    if log and low <= 0:
+        raise ConfigError(f"{path}: `{key}.low` must be positive with log: true, but got {key}.low={low}.")
+    step = spec.get("step")
+    if step is not None:
+        step = _bound(path, key, spec, "step", kind)
+        if not step > 0:
+            raise ConfigError(f"{path}: `{key}.step` must be positive, but got {key}.step={step}.")
+        if log:
+            raise ConfigError(f"{path}: `{key}` cannot have both log: true and a step (Optuna supports one or the "
+                              f"other), but got {key}.step={step}.")
+    return Parameter(dotted, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _bound(path: Path, key: str, spec: dict, name: str, kind: str) -> float:
+    value = spec.get(name)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{path}: `{key}.{name}` must be an int, but got {key}.{name}={spec.get(name)!r}.")
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{path}: `{key}.{name}` must be a finite number, but got {key}.{name}={spec.get(name)!r}.")
+    return float(value)
+
+
+def _when(path: Path, key: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: `{key}.when` must be a mapping of dotted.path: value (or a list of values), "
+                          f"but got {key}.when={raw!r}.")
+    return tuple((str(p), tuple(v) if isinstance(v, list) else (v,)) for p, v in raw.items())
+
+
+def _registries() -> dict[str, Mapping[str, Any]]:
+    """Config fields whose values name registry entries (checked at load, not when a trial builds them)."""
+    from motorsearch.losses import LOSSES
+    from motorsearch.model.presets import PRESETS
+
+    return {"loss.name": LOSSES, "model.preset": PRESETS}
+
+
+def _check_registered(path: Path, dotted: str, value: Any) -> None:
+    registry = _registries().get(dotted)
+    if registry is not None and value not in registry:
+        raise ConfigError(f"{path}: `parameters.{dotted}` can take {value!r}, which is not one of "
+                          f"{', '.join(sorted(registry))}.{did_you_mean(str(value), registry)}")
+
+
+def _values_to_check(parameter: Parameter) -> list[Any]:
+    if parameter.type == "fixed":
+        return [parameter.value]
+    if parameter.type == "categorical":
+        return list(parameter.choices)
+    if parameter.type == "int":
+        return [int(parameter.low), int(parameter.high)]
+    return [parameter.low, parameter.high]
+
+
+def _scalar_types(annotation: Any) -> set[type]:
+    """{float, int}, {int}, {str}, ... of a field annotation; float fields also take ints."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        found: set[type] = set()
+        for option in typing.get_args(annotation):
+            found |= _scalar_types(option)
+        return found
+    if annotation is float:
+        return {float, int}
+    if annotation in (int, str, bool):
+        return {annotation}
+    return set()  # lists etc.: categorical or fixed only
+
+
+def _describe(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _get(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class _Reader:
+    """Typed access to one mapping of the space file; errors name the file and the dotted key."""
+
+    def __init__(self, path: Path, raw: dict[str, Any], prefix: str = ""):
+        self.path, self.raw, self.prefix = path, raw, prefix
+
+    def section(self, name: str, keys: Sequence[str]) -> _Reader:
+        raw = self.raw.get(name) or {}
+        key = f"{self.prefix}{name}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.path}: `{key}` must be a mapping, but got {key}={raw!r}.")
+        for item in raw:
+            if item not in keys:
+                full = [f"{key}.{k}" for k in keys]
+                raise ConfigError(f"{self.path}: unknown key '{key}.{item}'.{did_you_mean(f'{key}.{item}', full)}")
+        return _Reader(self.path, raw, f"{key}.")
+
+    def _fail(self, name: str, rule: str) -> ConfigError:
+        key = f"{self.prefix}{name}"
+        return ConfigError(f"{self.path}: `{key}` {rule}, but got {key}={self.raw[name]!r}.")
+
+    def optional(self, name: str, kind: type) -> Any:
+        value = self.raw.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise self._fail(name, f"must be a {kind.__name__}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw.get(name, default)
+        if not isinstance(value, bool):
+            raise self._fail(name, "must be true or false")
+        return value
+
+    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
+        value = self.raw.get(name, default)
+        if value not in choices:
+            raise ConfigError(f"{self.path}: `{self.prefix}{name}` must be one of {', '.join(choices)}, but got "
+                              f"{self.prefix}{name}={value!r}.{did_you_mean(str(value), choices)}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        value = self.raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self._fail(name, "must be a number")
+        return float(value)
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self.raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(name, "must be an int")
+        if value < minimum:
+            raise self._fail(name, f"must be at least {minimum}")
+        return value
+
+    def optional_integer(self, name: str, *, minimum: int) -> int | None:
+        if self.raw.get(name) is None:
+            return None
+        return self.integer(name, 0, minimum=minimum)

@@ -1,0 +1,150 @@
+"""The Ray Tune trainable: one trial = one ``training.fit`` of the base experiment plus sampled values.
+
+Inside a trial:
+
+- the config is the base experiment (``TrialSetup.base``) with the trial's sampled values set at
+  their dotted paths, validated with ``from_dict``;
+- PyTorch uses as many threads as the trial's CPUs (``OMP_NUM_THREADS`` too) and exactly the
+  GPU(s) Ray assigned: Ray sets ``CUDA_VISIBLE_DEVICES`` so "cuda" is the assigned card, fractions
+  included; a trial without a GPU, or whose GPU CUDA cannot see, trains on the CPU;
+- training resumes from ``tune.get_checkpoint()`` (a restarted trial, or a resumed search);
+- every validation epoch is reported with ``tune.report(metrics, checkpoint=...)``; the metrics
+  are the trainer's plus where the trial ran (``node_id``, ``gpu_ids``, ``cuda_visible_devices``,
+  ``device``), ``resumed_from_epoch`` (0 for a fresh start) and ``trial_started_at`` (Unix time);
+- each start appends one JSON line to ``<storage_path>/<name>/trial_<id>/attempts.jsonl`` (pid,
+  node, resume epoch): restarts show there (with a URI ``storage_path``, in Tune's local trial
+  folder instead).
+
+Trainer checkpoints are written in ``fit_<trial id>/`` of the trial's working directory (scratch
+on the node) and Tune copies each reported one into ``<storage_path>/<name>/trial_<id>/checkpoint_NNNNNN``.
+Tune reuses a finished trial's process for the next trial (``reuse_actors``), which saves the
+imports and CUDA start-up of a new process.
+
+Fault injection (tests only): ``TrialSetup.fault_epoch = k`` (the driver reads it from the
+environment variable ``MOTORSEARCH_FAULT_EPOCH``) makes each trial's first attempt (the one that
+starts without a checkpoint) kill its own process (``os._exit``) right after reporting epoch k,
+leaving the marker file ``fault_injected`` in the trial folder. Restarted attempts resume from a
+checkpoint and are left alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "MOTORSEARCH_FAULT_EPOCH"
+FAULT_MARKER = "fault_injected"
+ATTEMPTS_LOG = "attempts.jsonl"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs besides its sampled values (passed with ``tune.with_parameters``).
+
+    Attributes:
+        base: the base experiment as a nested dict (``ExperimentConfig.to_dict()``), paths absolute.
+        metric, mode: what picks a trial's best checkpoint ("val_f2", "max").
+        cpus: CPUs Ray reserves per trial; PyTorch gets ``max(1, int(cpus))`` threads.
+        trial_root: the search folder ``<storage_path>/<name>`` when it is a local path (trial
+            folders are ``trial_<id>`` in it); None for a URI.
+        fault_epoch: test-only fault injection (see the module docstring); None in real searches.
+    """
+
+    base: dict[str, Any]
+    metric: str = "val_f2"
+    mode: str = "max"
+    cpus: float = 1.0
+    trial_root: str | None = None
+    fault_epoch: int | None = None
+
+
+def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Tune function trainable; ``config`` maps dotted config paths to this trial's values."""
+    import ray
+    import torch
+    from ray import tune
+
+    from motorsearch.data.cache import prepare
+    from motorsearch.search.space import build_trial_config
+    from motorsearch.training.checkpoint import read_checkpoint
+    from motorsearch.training.trainer import fit
+
+    started_at = time.time()
+    threads = max(1, int(setup.cpus))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    trial_dir = Path(setup.trial_root) / f"trial_{trial_id}" if setup.trial_root else Path(context.get_trial_dir())
+    cfg = build_trial_config(setup.base, config, source=f"trial {trial_id}")
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    if gpu_ids and device == "cpu":
+        print(f"motorsearch: Ray assigned GPU {','.join(gpu_ids)} but CUDA sees none; training on the CPU.",
+              file=sys.stderr)
+    where = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(gpu_ids),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "device": device,
+        "trial_started_at": started_at,
+    }
+
+    with ExitStack() as stack:
+        checkpoint = tune.get_checkpoint()
+        resume_from = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
+        resumed_epoch = int(read_checkpoint(resume_from)["epoch"]) if resume_from else 0
+        fault_epoch = setup.fault_epoch if resume_from is None else None
+        _log_attempt(trial_dir, {**where, "pid": os.getpid(), "resumed_from_epoch": resumed_epoch})
+        cache = prepare(cfg.data)
+
+        def report(epoch: int, metrics: dict[str, float], folder: Path) -> None:
+            tune.report({**metrics, **where, "resumed_from_epoch": resumed_epoch},
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            _maybe_fail(fault_epoch, epoch, trial_dir)
+
+        try:  # Tune runs trials in reused processes: a folder per trial, and GPU memory given back after
+            fit(cfg, workdir=Path.cwd() / f"fit_{trial_id}", report=report, resume_from=resume_from, cache=cache,
+                device=device, metric=setup.metric, mode=setup.mode)
+        finally:
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+
+def fault_epoch_from_env() -> int | None:
+    """``MOTORSEARCH_FAULT_EPOCH`` as an int (None when unset or empty)."""
+    text = os.environ.get(FAULT_ENV, "").strip()
+    return int(text) if text else None
+
+
+def read_attempts(trial_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of a trial's ``attempts.jsonl``: one dict per time the trial started training."""
+    path = Path(trial_dir) / ATTEMPTS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _log_attempt(trial_dir: Path, entry: dict[str, Any]) -> None:
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / ATTEMPTS_LOG, "a") as handle:  # one short line per start: append is atomic enough
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _maybe_fail(fault_epoch: int | None, epoch: int, trial_dir: Path) -> None:
+    if fault_epoch is None or epoch != fault_epoch:
+        return
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / FAULT_MARKER).write_text(f"killed after reporting epoch {epoch}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(17)

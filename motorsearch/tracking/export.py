@@ -1,0 +1,168 @@
+"""The final pick: the best finished trial of a search, exported as one verified model file.
+
+Which trial: among the children of the search (the latest search of ``--experiment``, or the
+search ``--run-id`` names) whose status is ``finished`` and that have a value of the search's
+metric, the first by :func:`motorsearch.tracking.schema.order_by` — best ``best_<metric>``
+(higher for mode max, lower for min); ties to the trial that reached it at the earlier epoch,
+then to the one that started first, then to the smaller run id. ``--run-id`` of a trial run
+exports that trial whatever its status.
+
+What is written: the trial's best-checkpoint model file (``checkpoints/best/model.pt``),
+checked against the sha256 recorded when it was uploaded, copied atomically to ``out``, with
+``out.sha256`` beside it and a final ``load_model_file(out)`` (which verifies that sidecar).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from motorsearch.errors import InputError, ModelFileError
+from motorsearch.tracking import schema
+from motorsearch.tracking.leaderboard import connect, find_search, get_run, leaderboard, search_metric, top_configs
+
+__all__ = ["CHAMPION", "Exported", "Pick", "export_best", "pick_trial", "register_model", "top_configs"]
+
+CHAMPION = "champion"
+
+
+@dataclass
+class Pick:
+    """The trial chosen for export."""
+
+    run_id: str
+    trial_id: str
+    experiment_name: str
+    metric: str
+    mode: str
+    value: float
+    status: str
+
+
+@dataclass
+class Exported:
+    """What :func:`export_best` wrote: the model file, its checksum file, and the registry version."""
+
+    pick: Pick
+    path: Path
+    checksum: Path
+    sha256: str
+    registered_version: str | None = None
+
+
+def pick_trial(client: MlflowClient, *, experiment_name: str | None = None, run_id: str | None = None) -> Pick:
+    """The trial to export (see the module docstring). InputError: unknown experiment or run id,
+    a run that is not a motorsearch run, or a search without finished trials."""
+    if experiment_name is not None and run_id is not None:
+        raise InputError("give --experiment or --run-id, not both.")
+    if run_id is not None:
+        run = get_run(client, run_id)
+        role = run.data.tags.get(schema.ROLE)
+        if role == schema.ROLE_TRIAL:
+            return _pick_of_trial(client, run)
+        if role != schema.ROLE_SEARCH:
+            raise InputError(f"--run-id {run_id!r} is not a motorsearch search or trial run "
+                             f"(tag {schema.ROLE}={role!r}).")
+        search = run
+    else:
+        search = find_search(client, experiment_name)
+    metric, mode = search_metric(search)
+    table = leaderboard(client, search)
+    best = schema.best_metric(metric)
+    finished = table[(table["status"] == schema.FINISHED) & table[best].notna()]
+    name = client.get_experiment(search.info.experiment_id).name
+    if finished.empty:
+        counts = table["status"].fillna("unknown").value_counts().to_dict()
+        seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+        raise InputError(f"experiment {name!r} (search run {search.info.run_id}) has no finished trial with a "
+                         f"value of {metric!r} to export ({seen}); export a given trial with --run-id.")
+    row = finished.iloc[0]
+    return Pick(run_id=str(row["run_id"]), trial_id=str(row["trial_id"]), experiment_name=name, metric=metric,
+                mode=mode, value=float(row[best]), status=schema.FINISHED)
+
+
+def export_best(out: str | Path, *, experiment_name: str | None = None, run_id: str | None = None,
+                register: str | None = None, tracking_uri: str | None = None) -> Exported:
+    """Pick the trial, write its best model file to ``out`` (+ ``out.sha256``), optionally register it.
+
+    ``register``: also create a version of registered model ``register`` in the MLflow Model
+    Registry from the trial's artifact and point the alias ``champion`` at it.
+    """
+    from motorsearch.model_file import checksum_path, file_sha256, load_model_file, write_checksum
+
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder; give a file name such as best.pt.")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist.")
+    client = connect(tracking_uri)
+    pick = pick_trial(client, experiment_name=experiment_name, run_id=run_id)
+    expected = client.get_run(pick.run_id).data.tags.get(schema.BEST_MODEL_SHA256)
+    with tempfile.TemporaryDirectory(prefix="motorsearch-export-") as tmp:
+        downloaded = _download_best(client, pick.run_id, Path(tmp))
+        actual = file_sha256(downloaded)
+        if expected and actual != expected:
+            raise ModelFileError(f"run {pick.run_id}: artifact {schema.BEST_MODEL} has sha256={actual}, but "
+                                 f"sha256={expected} was recorded when it was logged; it was changed or damaged.")
+        load_model_file(downloaded)  # refuses foreign, truncated or mismatching (sidecar) files
+        staged = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            shutil.copyfile(downloaded, staged)
+            checksum_path(out).unlink(missing_ok=True)  # an old sidecar describes other bytes
+            os.replace(staged, out)
+        finally:
+            staged.unlink(missing_ok=True)
+    checksum = write_checksum(out)
+    load_model_file(out)
+    exported = Exported(pick=pick, path=out, checksum=checksum, sha256=actual)
+    if register:
+        exported.registered_version = register_model(client, register, pick, sha256=actual)
+    return exported
+
+
+def register_model(client: MlflowClient, name: str, pick: Pick, *, sha256: str) -> str:
+    """New version of registered model ``name`` from the trial's best model file; alias ``champion`` -> it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="motorsearch flagellar-motor detector (model file: "
+                                                         "model.pt, load with motorsearch.model_file)")
+    source = f"{client.get_run(pick.run_id).info.artifact_uri.rstrip('/')}/{Path(schema.BEST_MODEL).parent}"
+    version = client.create_model_version(
+        name, source=source, run_id=pick.run_id,
+        tags={"sha256": sha256, "metric": pick.metric, "value": repr(pick.value), "trial_id": pick.trial_id},
+        description=f"{pick.experiment_name} trial {pick.trial_id}: best {pick.metric}={pick.value:g}")
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return str(version.version)
+
+
+def _pick_of_trial(client: MlflowClient, run: Any) -> Pick:
+    parent_id = run.data.tags.get(schema.PARENT)
+    search = get_run(client, parent_id) if parent_id else None
+    metric = run.data.tags.get(schema.METRIC) or (search_metric(search)[0] if search else "")
+    mode = run.data.tags.get(schema.MODE) or (search_metric(search)[1] if search else "max")
+    value = run.data.metrics.get(schema.best_metric(metric), float("nan"))
+    return Pick(run_id=run.info.run_id, trial_id=run.data.tags.get(schema.TRIAL_ID, ""),
+                experiment_name=client.get_experiment(run.info.experiment_id).name, metric=metric, mode=mode,
+                value=float(value), status=run.data.tags.get(schema.STATUS, "unknown"))
+
+
+def _download_best(client: MlflowClient, run_id: str, folder: Path) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = client.download_artifacts(run_id, schema.BEST_MODEL, str(folder))
+    except (MlflowException, OSError) as exc:
+        raise InputError(f"run {run_id} has no {schema.BEST_MODEL} artifact (the trial never saved a checkpoint, "
+                         f"or its upload failed): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                         ) from None
+    return Path(path)

@@ -1,0 +1,256 @@
+"""Reading a search back from MLflow: which search, its ranked trials, and parameter importance.
+
+The ranking is :func:`motorsearch.tracking.schema.order_by` (best value of the search's metric
+over a trial's epochs; ties to the earlier epoch, then the earlier trial), done by MLflow
+itself through ``mlflow.search_runs(order_by=...)`` so that the leaderboard, ``best`` and
+``export`` agree with what the MLflow UI shows when sorted by ``best_<metric>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from motorsearch.errors import InputError
+from motorsearch.registry import did_you_mean
+from motorsearch.tracking import schema
+from motorsearch.tracking.uri import check_tracking_uri, describe_origin, resolve_tracking_uri
+
+RANKED_STATUSES = (schema.FINISHED, schema.EARLY_STOPPED)  # trials that enter the importance study
+
+
+def connect(tracking_uri: str | None) -> MlflowClient:
+    """A client for the resolved tracking URI of an existing store, after the fast reachability check."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri, origin=describe_origin(tracking_uri), must_exist=True)
+    return MlflowClient(uri)
+
+
+def find_search(client: MlflowClient, experiment_name: str | None) -> Any:
+    """The parent run of the latest search in ``experiment_name`` (any experiment when None).
+
+    InputError for an unknown experiment (with did-you-mean over the existing names) or one
+    without a motorsearch search in it.
+    """
+    if experiment_name is None:
+        experiments = client.search_experiments()
+        runs = client.search_runs([e.experiment_id for e in experiments] or ["0"], max_results=1,
+                                  filter_string=f"tags.`{schema.ROLE}` = '{schema.ROLE_SEARCH}'",
+                                  order_by=["attributes.start_time DESC"]) if experiments else []
+        if not runs:
+            raise InputError(f"no motorsearch search found at tracking URI {client.tracking_uri}; run "
+                             "`python -m motorsearch run SPACE.yaml` first or pass --tracking-uri.")
+        return runs[0]
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        names = [e.name for e in client.search_experiments()]
+        listed = ", ".join(sorted(names)) or "none"
+        raise InputError(f"--experiment {experiment_name!r}: no such MLflow experiment at {client.tracking_uri} "
+                         f"(experiments: {listed}).{did_you_mean(experiment_name, names)}")
+    runs = client.search_runs([experiment.experiment_id], max_results=1,
+                              filter_string=f"tags.`{schema.ROLE}` = '{schema.ROLE_SEARCH}'",
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise InputError(f"--experiment {experiment_name!r} holds no motorsearch search (no run tagged "
+                         f"{schema.ROLE}={schema.ROLE_SEARCH}).")
+    return runs[0]
+
+
+def get_run(client: MlflowClient, run_id: str) -> Any:
+    """The run ``run_id``; InputError when the tracking server has no such run."""
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise InputError(f"--run-id {run_id!r}: no such MLflow run at {client.tracking_uri} "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
+
+
+def leaderboard(client: MlflowClient, search: Any) -> pd.DataFrame:
+    """Every trial of the search ``search`` (its parent run), best first.
+
+    Columns: ``rank`` (1 = best), ``run_id``, ``trial_id``, ``status``, ``best_<metric>``,
+    ``best_epoch``, ``last_epoch``, then one column per sampled parameter (MLflow's string
+    form). Trials without a value of the metric (errored before validating) come last.
+    """
+    metric, mode = search_metric(search)
+    experiment = client.get_experiment(search.info.experiment_id)
+    with _tracking_uri(client.tracking_uri):
+        frame = mlflow.search_runs(
+            experiment_names=[experiment.name],
+            filter_string=f"tags.mlflow.parentRunId = '{search.info.run_id}'",
+            order_by=schema.order_by(metric, mode))
+    best = schema.best_metric(metric)
+    columns = {"run_id": "run_id", f"tags.{schema.TRIAL_ID}": "trial_id", f"tags.{schema.STATUS}": "status",
+               f"metrics.{best}": best, f"metrics.{schema.BEST_EPOCH}": schema.BEST_EPOCH,
+               f"metrics.{schema.LAST_EPOCH}": schema.LAST_EPOCH}
+    table = pd.DataFrame({new: frame[old] if old in frame else pd.Series([math.nan] * len(frame), dtype=float)
+                          for old, new in columns.items()})
+    for column in sorted(c for c in frame.columns if c.startswith("params.")):
+        table[column.removeprefix("params.")] = frame[column]
+    table = table.sort_values(best, key=lambda v: v.isna(), kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
+
+
+def search_metric(search: Any) -> tuple[str, str]:
+    """(metric, mode) recorded on a search's parent run."""
+    tags = search.data.tags
+    metric, mode = tags.get(schema.METRIC), tags.get(schema.MODE)
+    if not metric or mode not in ("max", "min"):
+        raise InputError(f"run {search.info.run_id} is not a motorsearch search run (tags {schema.METRIC}/"
+                         f"{schema.MODE} missing).")
+    return metric, mode
+
+
+def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Warm start: the sampled parameters of the ``k`` best ranked trials of the latest search in
+    ``experiment_name``, typed as they were sampled, for OptunaSearch ``points_to_evaluate``.
+
+    Finished and early-stopped trials with a value of the metric count; errored ones do not.
+    """
+    if k < 1:
+        raise InputError(f"`k` must be at least 1, but got k={k}.")
+    client = connect(tracking_uri)
+    search = find_search(client, experiment_name)
+    table = leaderboard(client, search)
+    best = schema.best_metric(search_metric(search)[0])
+    ranked = table[table["status"].isin(RANKED_STATUSES) & table[best].notna()]
+    configs = []
+    for run_id in ranked["run_id"].head(k):
+        configs.append(json.loads(client.get_run(run_id).data.tags.get(schema.PARAMS_JSON, "{}")))
+    return configs
+
+
+# ---------------------------------------------------------------------- end of search
+
+
+def log_search_summary(client: MlflowClient, parent_run_id: str, *, metric: str, mode: str,
+                       study_storage: str | None = None, study_name: str | None = None) -> None:
+    """Log ``leaderboard.csv``, ``pictures/param_importance.png`` and tag ``best_run_id`` on the parent."""
+    search = client.get_run(parent_run_id)
+    table = leaderboard(client, search)
+    best = schema.best_metric(metric)
+    finished = table[(table["status"] == schema.FINISHED) & table[best].notna()]
+    if len(finished):
+        client.set_tag(parent_run_id, schema.BEST_RUN, str(finished["run_id"].iloc[0]))
+    with tempfile.TemporaryDirectory(prefix="motorsearch-search-") as tmp:
+        csv = Path(tmp) / schema.LEADERBOARD_CSV
+        table.to_csv(csv, index=False)
+        client.log_artifact(parent_run_id, str(csv))
+        study = load_study(study_storage, study_name) if study_storage and study_name else None
+        if study is None or not _complete_trials(study):
+            study = importance_study(client, table, mode=mode, metric=metric)
+        if study is not None:
+            picture = param_importance_png(study, Path(tmp) / "param_importance.png")
+            if picture is not None:
+                client.log_artifact(parent_run_id, str(picture), str(Path(schema.IMPORTANCE_PNG).parent))
+
+
+def load_study(storage: str, name: str) -> Any:
+    """The Optuna study ``name`` in RDB ``storage``, or None if it cannot be read."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except Exception:  # missing file, unknown study name: fall back to the runs
+        return None
+
+
+def importance_study(client: MlflowClient, table: pd.DataFrame, *, mode: str, metric: str) -> Any:
+    """An in-memory Optuna study rebuilt from the child runs, or None with fewer than 2 usable trials.
+
+    Used when the search's own study is not available (no persistent storage). Each finished or
+    early-stopped trial becomes a COMPLETE trial with value ``best_<metric>`` and its sampled
+    parameters (typed, from the ``motorsearch.params_json`` tag). Distributions are inferred
+    from the values seen: strings/bools -> categorical; ints -> int range; floats -> float range,
+    log-scaled when all are positive and span at least a factor 100. Parameters that never vary
+    are left out (they cannot matter).
+    """
+    import optuna
+
+    best = schema.best_metric(metric)
+    rows = table[table["status"].isin(RANKED_STATUSES) & table[best].notna()]
+    samples = [(json.loads(client.get_run(run_id).data.tags.get(schema.PARAMS_JSON, "{}")), float(value))
+               for run_id, value in zip(rows["run_id"], rows[best], strict=True)]
+    samples = [(params, value) for params, value in samples if math.isfinite(value)]
+    distributions = _infer_distributions([params for params, _ in samples])
+    if len(samples) < 2 or not distributions:
+        return None
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for params, value in samples:
+        kept = {k: v for k, v in params.items() if k in distributions}
+        study.add_trial(optuna.trial.create_trial(
+            params=kept, distributions={k: distributions[k] for k in kept}, value=value))
+    return study
+
+
+def param_importance_png(study: Any, path: Path) -> Path | None:
+    """Bar chart of ``optuna.importance.get_param_importances(study)``; None when Optuna cannot compute it."""
+    import optuna
+    from matplotlib.figure import Figure
+
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError):  # e.g. too few trials or no varying parameter
+        return None
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    fig = Figure(figsize=(7, 0.5 * len(names) + 1.5), layout="constrained")
+    axis = fig.subplots()
+    axis.barh(names, [importances[n] for n in names], color="tab:blue")
+    axis.set_xlabel("importance (Optuna, default evaluator)")
+    axis.set_title(f"parameter importance over {len(_complete_trials(study))} trials")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def _infer_distributions(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    values: dict[str, list[Any]] = {}
+    for params in samples:
+        for key, value in params.items():
+            values.setdefault(key, []).append(value)
+    distributions = {}
+    for key, seen in values.items():
+        unique = list(dict.fromkeys(seen))
+        if len(unique) < 2:
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in unique):
+            low, high = min(unique), max(unique)
+            if all(isinstance(v, int) for v in unique):
+                distributions[key] = IntDistribution(int(low), int(high))
+            else:
+                distributions[key] = FloatDistribution(float(low), float(high), log=low > 0 and high / low >= 100)
+        elif all(v is None or isinstance(v, (bool, int, float, str)) for v in unique):
+            distributions[key] = CategoricalDistribution(unique)
+    return distributions
+
+
+def _complete_trials(study: Any) -> list[Any]:
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow.search_runs`` reads the global tracking URI: set it for the call, then restore it
+    (MLflow's own helper for this is private; mlflow is pinned below 3.19 in pyproject.toml)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
