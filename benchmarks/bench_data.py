@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from benchmarks.table import format_table, row
 from motorsearch.config import AugmentConfig, DataConfig, SamplingConfig, TargetConfig
 from motorsearch.data.cache import cache_bytes_per_voxel, prepare, prepare_records
 from motorsearch.data.kaggle import TomogramLabels, write_labels_csv
@@ -44,9 +45,6 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _row(metric: str, value: float, unit: str, note: str = "") -> dict:
-    return {"metric": metric, "value": value, "unit": unit, "note": note}
-
 
 # ---------------------------------------------------------------------------------------------
 # JPEG folder -> cache
@@ -60,17 +58,17 @@ def _conversion(work: Path, quick: bool) -> list[dict]:
     paths = sorted((root / "train").glob("*/slice_*.jpg"))
 
     seconds_pillow = _time(lambda: [np.asarray(Image.open(p).convert("L")) for p in paths])
-    rows = [_row("JPEG dataset", voxel_mb, "MB of voxels",
+    rows = [row("JPEG dataset", voxel_mb, "MB of voxels",
                  f"{n_tomograms} x {shape[0]}x{shape[1]}x{shape[2]}, {voxel_mb * MB / jpeg_bytes:.1f}:1 JPEG q90"),
-            _row("plain Pillow read of the slices", voxel_mb / seconds_pillow, "MB/s", "decode only, 1 thread")]
+            row("plain Pillow read of the slices", voxel_mb / seconds_pillow, "MB/s", "decode only, 1 thread")]
     for spacing, label in ((None, "native grid"), (16.0, f"resampled {SOURCE_SPACING} -> 16 Å")):
         cfg = DataConfig(root=str(root), spacing=spacing, cache_dir=str(work / "cache"))
         started = time.perf_counter()
         cache = prepare(cfg)
         seconds = time.perf_counter() - started
-        rows.append(_row(f"JPEG folder -> cache, {label}", voxel_mb / seconds, "MB/s",
+        rows.append(row(f"JPEG folder -> cache, {label}", voxel_mb / seconds, "MB/s",
                          f"{seconds_pillow / seconds:.2f}x the Pillow read rate; MB of source voxels"))
-        rows.append(_row(f"cache bytes per voxel, {label}", cache_bytes_per_voxel(cache), "B/voxel",
+        rows.append(row(f"cache bytes per voxel, {label}", cache_bytes_per_voxel(cache), "B/voxel",
                          f"{sum(math.prod(t.shape) for t in cache.tomograms) / MB:.1f} MB of voxels kept"))
     return rows
 
@@ -119,9 +117,9 @@ def _sampling(work: Path, quick: bool) -> list[dict]:
         seconds = _time(lambda d=dataset, n=count: _draw_all(d, n))
         patch_mb = math.prod(patch_size) * 4 / MB
         size = "x".join(map(str, patch_size))
-        rows.append(_row(f"patch sampling {size}", count / seconds, "patches/s",
+        rows.append(row(f"patch sampling {size}", count / seconds, "patches/s",
                          "1 core; read + normalise + heatmap + flips/rot90/jitter"))
-        rows.append(_row(f"patch sampling {size}", count * patch_mb / seconds, "MB/s", "float32 patches produced"))
+        rows.append(row(f"patch sampling {size}", count * patch_mb / seconds, "MB/s", "float32 patches produced"))
     return rows
 
 
@@ -135,12 +133,6 @@ def _time(work) -> float:
     work()
     return time.perf_counter() - started
 
-
-def format_table(rows: list[dict]) -> str:
-    width = max(len(r["metric"]) for r in rows)
-    lines = [f"{'metric':<{width}}  {'value':>10}  {'unit':<12}  note", "-" * (width + 40)]
-    lines += [f"{r['metric']:<{width}}  {r['value']:>10.3f}  {r['unit']:<12}  {r['note']}" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.table import format_table, row
 from motorsearch.config import ExperimentConfig, ModelConfig
 from motorsearch.evaluation.inference import predict_volume, window_steps
 from motorsearch.losses import build_loss
@@ -37,9 +38,6 @@ TOMOGRAM = (300, 960, 928)  # voxels at 16 Å
 WINDOW = (64, 128, 128)
 OVERLAP = 0.5
 
-
-def _row(metric: str, value: float, unit: str, note: str = "") -> dict:
-    return {"metric": metric, "value": float(value), "unit": unit, "note": note}
 
 
 def run(quick: bool = False, *, threads: int = 1, peak_tflops: float | None = None) -> list[dict]:
@@ -72,7 +70,7 @@ def _flops() -> list[dict]:
         model = build_model(ModelConfig(preset=preset))
         flops = model.flops_per_voxel(WINDOW)
         params = sum(p.numel() for p in model.parameters())
-        rows.append(_row(f"forward FLOPs per voxel ({preset})", flops / 1e3, "kFLOP/voxel",
+        rows.append(row(f"forward FLOPs per voxel ({preset})", flops / 1e3, "kFLOP/voxel",
                          f"{params / 1e6:.2f}M parameters, stride 16; training ~3x"))
     return rows
 
@@ -107,7 +105,7 @@ def _training(preset: str, device: torch.device, *, patch, batch: int, steps: in
     if peak_tflops:
         flops = 3 * model.flops_per_voxel(tuple(patch)) * voxels_per_s
         note += f"; {flops / 1e12:.1f} TFLOP/s = {100 * flops / (peak_tflops * 1e12):.1f}% of {peak_tflops:g} peak"
-    return _row(f"training throughput ({preset}, {device.type}, {precision})", voxels_per_s / 1e6, "Mvoxel/s",
+    return row(f"training throughput ({preset}, {device.type}, {precision})", voxels_per_s / 1e6, "Mvoxel/s",
                 note)
 
 
@@ -143,7 +141,7 @@ def _cpu_inference(preset: str, quick: bool) -> dict:
     part = (64, 256, 256) if quick else (128, 384, 384)
     seconds = _inference_seconds(model, part, torch.device("cpu"), "fp32", batch=2)
     estimate = seconds * window_count(TOMOGRAM) / window_count(part)
-    return _row(f"inference {_dims(TOMOGRAM)} at 16 Å ({preset}, cpu)", estimate, "s",
+    return row(f"inference {_dims(TOMOGRAM)} at 16 Å ({preset}, cpu)", estimate, "s",
                 f"EXTRAPOLATED from a {_dims(part)} sub-volume ({seconds:.1f} s, {window_count(part)} of "
                 f"{window_count(TOMOGRAM)} windows {_dims(WINDOW)}, overlap {OVERLAP}), "
                 f"{torch.get_num_threads()} thread(s)")
@@ -165,15 +163,9 @@ def _cuda(quick: bool, peak_tflops: float | None) -> list[dict]:
         if peak_tflops:
             flops = model.flops_per_voxel(WINDOW) * window_count(shape) * math.prod(WINDOW) / seconds
             note += f"; {flops / 1e12:.1f} TFLOP/s = {100 * flops / (peak_tflops * 1e12):.1f}% of peak"
-        rows.append(_row(f"inference {_dims(shape)} at 16 Å ({preset}, cuda)", seconds, "s", note))
+        rows.append(row(f"inference {_dims(shape)} at 16 Å ({preset}, cuda)", seconds, "s", note))
     return rows
 
-
-def format_table(rows: list[dict]) -> str:
-    width = max(len(r["metric"]) for r in rows)
-    lines = [f"{'metric':<{width}}  {'value':>10}  {'unit':<12}  note", "-" * (width + 40)]
-    lines += [f"{r['metric']:<{width}}  {r['value']:>10.3f}  {r['unit']:<12}  {r['note']}" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
