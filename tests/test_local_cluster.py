@@ -329,16 +329,7 @@ def test_mlflow_server_answers_its_rest_api_for_the_compose_host_name(cluster):
     assert http_get(url, headers={"Host": "attacker.example:5000"})[0] == 403  # --allowed-hosts holds
 
 
-def run_has_option(option: str) -> bool:
-    import argparse
-
-    from motorsearch.cli import build_parser
-
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return option in subparsers.choices["run"]._option_string_actions
-
-
-def write_tiny_search(folder: Path, *, name: str, shared_in_file: bool) -> Path:
+def write_tiny_search(folder: Path, *, name: str) -> Path:
     """A 2-trial, 1-epoch search over a tiny simulated dataset; returns the space file."""
     from motorsearch.data.simulate import simulate_dataset
 
@@ -357,7 +348,6 @@ def write_tiny_search(folder: Path, *, name: str, shared_in_file: bool) -> Path:
         "name": name, "experiment": str(experiment), "num_samples": 2, "max_concurrent": 2,
         "resources": {"cpu": 1, "gpu": 0}, "scheduler": {"type": "none"},
         "searcher": {"sampler": "random", "seed": 0},
-        **({"storage_shared": True} if shared_in_file else {}),
         "parameters": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
     }))
     return space
@@ -366,15 +356,12 @@ def write_tiny_search(folder: Path, *, name: str, shared_in_file: bool) -> Path:
 @pytest.fixture(scope="module")
 def search(cluster):
     """``python -m motorsearch run SPACE --address HEAD`` as the compose README runs it in ray-head."""
-    if not (REPO / "motorsearch" / "cli" / "run.py").exists():
-        pytest.skip("motorsearch/cli/run.py does not exist yet")
     name = "cluster_probe"
     # As the compose guide runs it: storage on the volume every node mounts, declared shared.
-    flag = run_has_option("--storage-shared")
-    space = write_tiny_search(cluster.root, name=name, shared_in_file=not flag)
+    space = write_tiny_search(cluster.root, name=name)
     storage = cluster.root / "shared" / "ray_results"
     command = [sys.executable, "-m", "motorsearch", "run", str(space), "--address", cluster.address,
-               "--storage-path", str(storage), *(["--storage-shared"] if flag else [])]
+               "--storage-path", str(storage), "--storage-shared"]
     process = subprocess.Popen(command,
                                cwd=cluster.driver_cwd, env={**cluster.env, "PYTHONPATH": str(REPO)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -409,8 +396,6 @@ def mlflow_api(cluster: LocalCluster, endpoint: str, body: dict | None = None) -
 def test_search_logged_a_parent_and_one_child_per_trial_to_the_server(cluster, search):
     status, payload = http_get(f"http://127.0.0.1:{cluster.mlflow_port}/api/2.0/mlflow/experiments/get-by-name"
                                f"?experiment_name={search['name']}")
-    if status == 404 and "tracking" not in (REPO / "motorsearch" / "cli" / "run.py").read_text():
-        pytest.skip("`run` does not log to MLflow yet (issue 5 is not wired into motorsearch/cli/run.py)")
     assert status == 200, payload[:500]
     experiment_id = json.loads(payload)["experiment"]["experiment_id"]
     runs = mlflow_api(cluster, "runs/search", {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
