@@ -8,20 +8,12 @@ import signal
 from pathlib import Path
 
 import pytest
-import ray
 from ray import tune
 from search_support import tiny_dataset, write_space
 
 from motorsearch.search.runner import run_search
 from motorsearch.search.space import load_space
 from motorsearch.search.trainable import FAULT_ENV, FAULT_MARKER, read_attempts
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 from search_support import tiny_dataset, write_space
 
 from motorsearch.cli import main
@@ -16,13 +15,6 @@ from motorsearch.errors import InputError
 from motorsearch.search.runner import format_leaderboard, run_search
 from motorsearch.search.space import load_space
 from motorsearch.search.trainable import read_attempts
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from motorsearch.evaluation.scoring import read_solution_csv, score_submission_c
 from motorsearch.model_file import LoadedModel, checksum_path, load_model_file
 from motorsearch.predict import Predictor
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads oversubscribe and run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
