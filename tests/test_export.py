@@ -5,7 +5,6 @@ Reads the tiny tracked search of ``tracking_helpers`` (case table there).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from tracking_helpers import checkpoint_model_file, shared_search
+from tracking_helpers import checkpoint_model_file, shared_search, trial_runs_by_case
 
 from motorsearch.cli import main
 from motorsearch.errors import ModelFileError
@@ -37,11 +36,8 @@ def client(search):
 
 @pytest.fixture(scope="module")
 def run_of(search, client):
-    experiment = client.get_experiment_by_name(search.name)
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{search.parent_run_id}'")
-    by_case = {json.loads(run.data.tags[schema.PARAMS_JSON])["case"]: run.info.run_id for run in runs}
-    return by_case.__getitem__
+    by_case = trial_runs_by_case(search, client)
+    return lambda case: by_case[case].info.run_id
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from tracking_helpers import CASES, EPOCHS, checkpoint_model_file, shared_search
+from tracking_helpers import CASES, EPOCHS, checkpoint_model_file, shared_search, trial_runs_by_case
 
 from motorsearch.cli import main
 from motorsearch.errors import InputError
@@ -51,10 +51,7 @@ def client(search):
 @pytest.fixture(scope="module")
 def children(search, client):
     """case -> child Run."""
-    experiment = client.get_experiment_by_name(search.name)
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{search.parent_run_id}'")
-    return {json.loads(run.data.tags[schema.PARAMS_JSON])["case"]: run for run in runs}
+    return trial_runs_by_case(search, client)
 
 
 def test_one_parent_run_and_one_nested_child_per_trial(search, client, children):

@@ -157,3 +157,15 @@ def checkpoint_model_file(search: TinySearch, case: str, epoch: int) -> Path:
             if metrics["epoch"] == epoch:
                 return Path(checkpoint.path) / "model.pt"
     raise LookupError(f"no checkpoint of {case} at epoch {epoch}")
+
+
+def trial_runs_by_case(search: TinySearch, client: Any) -> dict[str, Any]:
+    """The search's child (trial) runs keyed by the trainable's ``case`` parameter."""
+    import json
+
+    from motorsearch.tracking import schema
+
+    experiment = client.get_experiment_by_name(search.name)
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{search.parent_run_id}'")
+    return {json.loads(run.data.tags[schema.PARAMS_JSON])["case"]: run for run in runs}
