@@ -114,6 +114,13 @@ def test_cli_exits_2_on_a_bad_space_file(tmp_path: Path, capsys: pytest.CaptureF
     assert "unknown config key 'optim.lrr'. Did you mean 'optim.lr'?" in err and "Traceback" not in err
 
 
+def test_cli_rejects_a_budget_below_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_space(tmp_path / "space.yaml", data=tmp_path, cache=tmp_path / "cache", storage=tmp_path / "runs")
+    assert main(["run", str(path), "--budget-epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "`--budget-epochs` must be at least 1, but got --budget-epochs=0." in err and "Traceback" not in err
+
+
 def test_cli_resume_without_a_search_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write_space(tmp_path / "space.yaml", data=tmp_path, cache=tmp_path / "cache", storage=tmp_path / "runs")
     assert main(["run", str(path), "--resume", "--name", "never_ran"]) == 2

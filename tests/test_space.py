@@ -67,6 +67,7 @@ def test_conditional_spec_and_top_level_defaults(tmp_path: Path) -> None:
     assert space.resources.cpu == 1.0 and space.resources.gpu == 0.0
     assert space.scheduler.type == "asha" and space.searcher.sampler == "tpe"
     assert space.name == "space"  # the file's stem
+    assert space.budget_epochs is None  # no budget unless asked: num_samples alone ends the search
     assert space.storage_path == str((tmp_path / "runs").resolve())
     assert space.experiment_path == f"{(tmp_path / 'runs').resolve()}/space"
 
@@ -90,6 +91,12 @@ def test_experiment_overrides_and_paths(tmp_path: Path, monkeypatch: pytest.Monk
     assert base.data.cache_dir == str(tmp_path.resolve() / "rel" / "cache")  # absolute: trials change directory
     assert space.storage_path == str(tmp_path.resolve() / "out")
     assert (space.name, space.num_samples) == ("other", 3)
+
+
+def test_budget_from_file_and_flag(tmp_path: Path) -> None:
+    path = space_file(tmp_path, {"storage_path": str(tmp_path / "runs"), "budget_epochs": 40})
+    assert load_space(path).budget_epochs == 40
+    assert load_space(path, budget_epochs=12).budget_epochs == 12  # the --budget-epochs flag wins
 
 
 def test_uri_storage_stays_a_uri(tmp_path: Path) -> None:
@@ -138,6 +145,8 @@ def test_uri_storage_stays_a_uri(tmp_path: Path) -> None:
      "conditions form a cycle: loss.gamma -> loss.alpha -> loss.gamma."),
     ({"num_sample": 4}, "unknown key 'num_sample'. Did you mean 'num_samples'?"),
     ({"num_samples": 0}, "`num_samples` must be at least 1, but got num_samples=0."),
+    ({"budget_epochs": 0}, "`budget_epochs` must be at least 1, but got budget_epochs=0."),
+    ({"budget_epochs": 2.5}, "`budget_epochs` must be an int"),
     ({"mode": "maximum"}, "`mode` must be one of max, min, but got mode='maximum'."),
     ({"resources": {"gpu": 1.5}}, "`resources.gpu` above 1 must be a whole number of GPUs"),
     ({"resources": {"cpu": 0}}, "`resources.cpu` must be positive, but got resources.cpu=0.0."),

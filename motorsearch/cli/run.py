@@ -24,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="continue an interrupted search of the same name; finished trials are not redone")
     parser.add_argument("--name", help="search name (folder under the storage path); default: the space file's")
     parser.add_argument("--num-samples", type=int, metavar="N", help="number of trials")
+    parser.add_argument("--budget-epochs", type=int, metavar="E",
+                        help="stop the search once its trials have trained E epochs in all (trial-epochs)")
     parser.add_argument("--storage-path", metavar="PATH", help="where results go (default ./runs); a URI for clusters")
     parser.add_argument("--storage-shared", action="store_true", default=None,
                         help="declare that the storage path is one filesystem every node sees (e.g. NFS)")
@@ -47,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"`--num-samples` must be at least 1, but got --num-samples={args.num_samples}.")
+    if args.budget_epochs is not None and args.budget_epochs < 1:
+        raise ConfigError(f"`--budget-epochs` must be at least 1, but got --budget-epochs={args.budget_epochs}.")
     if args.warm_start_top < 1:
         raise ConfigError(f"`--warm-start-top` must be at least 1, but got --warm-start-top={args.warm_start_top}.")
     space = load_space(args.space, overrides=args.overrides, name=args.name, num_samples=args.num_samples,
                        storage_path=args.storage_path, address=args.address, storage_shared=args.storage_shared,
-                       tracking_uri=args.tracking_uri)
+                       tracking_uri=args.tracking_uri, budget_epochs=args.budget_epochs)
     warm = None
     if args.warm_start:
         from motorsearch.tracking.leaderboard import top_configs

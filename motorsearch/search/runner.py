@@ -10,7 +10,7 @@ the study lives in ``.motorsearch/optuna/<name>.db`` under the current directory
 
 ``resume=True`` continues an interrupted search of the same name: finished trials are kept,
 unfinished and errored ones continue from their last checkpoint, and only the remaining samples
-are drawn. ``callbacks`` (Tune callbacks, e.g. experiment tracking) must be picklable: Tune saves
+are drawn (an epoch budget, ``budget_epochs``, counts afresh from the resume). ``callbacks`` (Tune callbacks, e.g. experiment tracking) must be picklable: Tune saves
 them with the experiment; on resume the ones given now replace the saved ones.
 """
 
@@ -221,12 +221,21 @@ def _run_config(space: SearchSpace, callbacks: Sequence[Any], verbose: int) -> A
         name=space.name,
         storage_path=space.storage_path,
         callbacks=list(callbacks) or None,
+        stop=_budget(space),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep,
                                                 checkpoint_score_attribute=space.metric,
                                                 checkpoint_score_order=space.mode),
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
         verbose=verbose,
     )
+
+
+def _budget(space: SearchSpace) -> Any:
+    if space.budget_epochs is None:
+        return None
+    from motorsearch.search.budget import EpochBudget
+
+    return EpochBudget(space.budget_epochs)
 
 
 def trial_dirname(trial: Any) -> str:

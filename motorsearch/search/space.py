@@ -48,7 +48,7 @@ PARAMETER_TYPES = ("float", "int", "categorical")
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
 _TOP_KEYS = ("name", "experiment", "overrides", "metric", "mode", "num_samples", "max_concurrent", "resources",
              "scheduler", "searcher", "tracking_uri", "storage_path", "storage_shared", "address", "max_failures",
-             "checkpoints_to_keep", "parameters")
+             "checkpoints_to_keep", "budget_epochs", "parameters")
 _DATA_PATHS = ("data.cache_dir", "data.root", "data.labels")
 
 
@@ -136,6 +136,7 @@ class SearchSpace:
     address: str | None = None
     max_failures: int = 2
     checkpoints_to_keep: int = 2
+    budget_epochs: int | None = None  # stop the search once trials have trained this many epochs in all
 
     @property
     def sampled(self) -> list[Parameter]:
@@ -231,7 +232,7 @@ def is_uri(path: str) -> bool:
 def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | None = None,
                num_samples: int | None = None, storage_path: str | None = None,
                address: str | None = None, storage_shared: bool | None = None,
-               tracking_uri: str | None = None) -> SearchSpace:
+               tracking_uri: str | None = None, budget_epochs: int | None = None) -> SearchSpace:
     """Read and validate a space file. ``overrides`` (``--set k=v``) apply to the base experiment;
     the keyword arguments replace the file's values (command-line flags)."""
     path = Path(path)
@@ -242,7 +243,7 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         if key not in _TOP_KEYS:
             raise ConfigError(f"{path}: unknown key '{key}'.{did_you_mean(str(key), _TOP_KEYS)}")
     flags = {"name": name, "num_samples": num_samples, "storage_path": storage_path, "address": address,
-             "storage_shared": storage_shared, "tracking_uri": tracking_uri}
+             "storage_shared": storage_shared, "tracking_uri": tracking_uri, "budget_epochs": budget_epochs}
     raw.update({key: value for key, value in flags.items() if value is not None})
     reader = _Reader(path, raw)
 
@@ -292,6 +293,7 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         address=reader.optional("address", str),
         max_failures=reader.integer("max_failures", 2, minimum=-1),
         checkpoints_to_keep=reader.integer("checkpoints_to_keep", 2, minimum=1),
+        budget_epochs=reader.optional_integer("budget_epochs", minimum=1),
     )
     _check_name(path, space.name)
     if space.scheduler.type == "asha" and space.scheduler.grace_period > space.max_epochs:

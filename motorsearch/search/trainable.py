@@ -10,7 +10,8 @@ Inside a trial:
 - training resumes from ``tune.get_checkpoint()`` (a restarted trial, or a resumed search);
 - every validation epoch is reported with ``tune.report(metrics, checkpoint=...)``; the metrics
   are the trainer's plus where the trial ran (``node_id``, ``gpu_ids``, ``cuda_visible_devices``,
-  ``device``), ``resumed_from_epoch`` (0 for a fresh start) and ``trial_started_at`` (Unix time);
+  ``device``), ``resumed_from_epoch`` (0 for a fresh start), ``trial_started_at`` and ``reported_at`` (Unix
+  times; ``reported_at`` orders the reports of concurrent trials, finer than Tune's ``timestamp``);
 - each start appends one JSON line to ``<storage_path>/<name>/trial_<id>/attempts.jsonl`` (pid,
   node, resume epoch): restarts show there (with a URI ``storage_path``, in Tune's local trial
   folder instead).
@@ -107,7 +108,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         cache = prepare(cfg.data)
 
         def report(epoch: int, metrics: dict[str, float], folder: Path) -> None:
-            tune.report({**metrics, **where, "resumed_from_epoch": resumed_epoch},
+            tune.report({**metrics, **where, "resumed_from_epoch": resumed_epoch, "reported_at": time.time()},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
             _maybe_fail(fault_epoch, epoch, trial_dir)
 
