@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: demo test bench study
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,3 +20,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.report
+
+study: $(STAMP)
+	$(VENV)/bin/python -m experiments.search_efficiency.study
