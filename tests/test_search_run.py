@@ -12,7 +12,7 @@ from search_support import tiny_dataset, write_space
 
 from motorsearch.cli import main
 from motorsearch.errors import InputError
-from motorsearch.search.runner import format_leaderboard, run_search
+from motorsearch.search.runner import format_leaderboard, leaderboard, run_search
 from motorsearch.search.space import load_space
 from motorsearch.search.trainable import read_attempts
 
@@ -112,6 +112,20 @@ def test_cli_exits_2_on_a_bad_space_file(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'optim.lrr'. Did you mean 'optim.lr'?" in err and "Traceback" not in err
+
+
+def test_leaderboard_keeps_a_trial_whose_checkpoint_never_reached_the_disk(tmp_path: Path) -> None:
+    """A trial stopped (by the budget) as it reported has a value but no checkpoint: rank it, point at nothing."""
+    import pandas as pd
+    from ray.tune import Result
+
+    space = load_space(write_space(tmp_path / "space.yaml", data=tmp_path, cache=tmp_path / "cache",
+                                   storage=tmp_path / "runs"))
+    frame = pd.DataFrame({"epoch": [1, 2], "val_f2": [0.4, 0.7]})
+    result = Result(metrics={"epoch": 2, "val_f2": 0.7}, checkpoint=None, error=None,
+                    path=str(tmp_path / "trial_abc"), metrics_dataframe=frame, best_checkpoints=None)
+    (row,) = leaderboard([result], space)
+    assert (row.trial_id, row.value, row.epoch, row.epochs_run, row.checkpoint) == ("abc", 0.7, 2, 2, None)
 
 
 def test_cli_rejects_a_budget_below_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

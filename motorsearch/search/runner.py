@@ -164,8 +164,7 @@ def leaderboard(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
             epochs_run = int(frame["epoch"].max()) if "epoch" in frame else len(frame)
         checkpoint = None
         if value is not None:
-            best = result.get_best_checkpoint(space.metric, space.mode)
-            checkpoint = best.path if best is not None else None
+            checkpoint = _best_checkpoint(result, space)
         status = "error" if result.error else ("finished" if epochs_run >= _epochs_of(result, space)
                                                else f"stopped at epoch {epochs_run}")
         params = {k: v for k, v in (result.config or {}).items() if k in sampled}
@@ -309,6 +308,16 @@ def _data_variants(space: SearchSpace) -> list[dict[str, Any]]:
             return [{}]  # a continuous range: trials build their own caches
     combos = [dict(c) for c in itertools.product(*options)]
     return combos if len(combos) <= _MAX_PREPARED_VARIANTS else [{}]
+
+
+def _best_checkpoint(result: Any, space: SearchSpace) -> str | None:
+    """The path of a trial's best kept checkpoint; None when none reached the disk (a trial stopped
+    by the budget or the driver as it reported)."""
+    try:
+        best = result.get_best_checkpoint(space.metric, space.mode)
+    except RuntimeError:  # Tune: "No checkpoint exists in the trial directory!"
+        return None
+    return best.path if best is not None else None
 
 
 def _epochs_of(result: Any, space: SearchSpace) -> int:
