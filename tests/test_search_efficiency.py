@@ -92,6 +92,7 @@ def test_report_states_reach_fraction_and_gain_over_defaults(tmp_path: Path) -> 
     text = (tmp_path / analysis.REPORT_MD).read_text()
     # seed 0: random ends at 0.6, TPE+ASHA has 0.6 after 1 of 4 (25%); seed 1: 0.8 after 2 of 4 (50%)
     assert "median of **38%** of the budget (seed 0: 25%, seed 1: 50%)" in text
+    assert "random search's final best was reached: random search at 88%" in text  # seeds: 75% and 100%
     assert "TPE + ASHA: test F2 0.850 against the defaults' 0.550 (median), a gain of **+0.300**" in text
     assert "| random search | 0.250 [0.200-0.300] | 0.400 [0.300-0.500] | 0.700 [0.600-0.800] | 0.750 [0.700-0.800] |" in text
     assert "--budget 4" in text
@@ -153,6 +154,11 @@ def test_tiny_study_end_to_end(tmp_path: Path, local_ray: None) -> None:
 
         score = score_submission_csv(synthetic_root(truth) / "test_solution.csv", out / "submissions" / f"{arm}-s0.csv")
         assert float(row["test_f2"]) == pytest.approx(score.f2)
+
+    study.rescore(out, space_file=space)  # the kept checkpoint is the scored model: the same scores again
+    again = {row["arm"]: row for row in analysis.read_csv(out / study.OUTCOMES_CSV)}
+    assert {arm: again[arm]["test_f2"] for arm in again} == {arm: outcomes[arm]["test_f2"] for arm in outcomes}
+    assert {arm: again[arm]["best_epoch"] for arm in again} == {arm: outcomes[arm]["best_epoch"] for arm in outcomes}
 
     study.run_study(budget=4, seeds=[0], arms=("defaults", "tpe_asha"), out=out, space_file=space)  # all done: no-op
     assert len(analysis.read_csv(out / study.REPORTS_CSV)) == len(reports)

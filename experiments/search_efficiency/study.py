@@ -20,7 +20,8 @@ scored with the competition F2 against the simulator's ``test_solution.csv``.
 Everything lands in ``--out`` (default: this folder's ``results/``): one CSV of every reported
 epoch and one of every arm's outcome, appended as each arm ends, so an interrupted study picks up
 at the next unfinished arm. Then ``analysis.py`` writes ``curves.csv``, ``best_f2_vs_budget.png``
-and ``REPORT.md``; ``--analyse-only`` redoes just that from the CSVs.
+and ``REPORT.md``; ``--analyse-only`` redoes just that from the CSVs, and ``--rescore`` scores the
+finished arms' kept models on the test split again first (for when the scoring changes).
 """
 
 from __future__ import annotations
@@ -85,13 +86,14 @@ def run_arm(arm: str, seed: int, *, budget: int, out: Path, space_file: Path = S
     wall = time.perf_counter() - started
     reports = trial_reports(outcome.results, arm=arm, seed=seed)
     best = export_choice(outcome.leaderboard)
-    test = test_score(Path(best.checkpoint) / "model.pt", space.base.data, out / "submissions" / f"{space.name}.csv")
+    model, epoch = kept_model(Path(best.path))
+    test = test_score(model, space.base.data, out / "submissions" / f"{space.name}.csv")
     spent = analysis.spent_epochs(reports)
     row = {"arm": arm, "seed": seed, "budget": budget, "trials": len({r["trial"] for r in reports}), "spent": spent,
-           "best_val_f2": best.value, "best_trial": best.trial_id, "best_epoch": best.epoch,
+           "best_val_f2": best.value, "best_trial": best.trial_id, "best_epoch": epoch,
            "test_f2": test.f2, "test_precision": test.precision, "test_recall": test.recall, "wall_s": round(wall, 1)}
     print(f"{arm:>9} seed {seed}: {row['trials']} trials, {spent} trial-epochs, best val_f2 {best.value:.3f} "
-          f"(trial {best.trial_id}, epoch {best.epoch}), test F2 {test.f2:.3f}, {wall:.0f} s", file=log, flush=True)
+          f"(trial {best.trial_id}, epoch {row['best_epoch']}), test F2 {test.f2:.3f}, {wall:.0f} s", file=log, flush=True)
     return reports, row
 
 
@@ -113,7 +115,8 @@ def trial_reports(results: Any, *, arm: str, seed: int) -> list[dict[str, Any]]:
 
 
 def export_choice(leaderboard: list[Any]) -> Any:
-    """The trial ``motorsearch export`` would pick: the highest value, then the earlier best epoch."""
+    """The trial ``motorsearch export`` would pick: the highest value, then the earlier best epoch
+    (its model file: :func:`kept_model`)."""
     ranked = [row for row in leaderboard if row.value is not None and row.checkpoint]
     if not ranked:
         raise RuntimeError("no trial of the search reported a value with a checkpoint")
@@ -121,18 +124,57 @@ def export_choice(leaderboard: list[Any]) -> Any:
 
 
 def test_score(model: Path, data: Any, submission: Path) -> Any:
-    """Competition F2 of ``model`` on the simulator's held-out test split (via ``motorsearch predict``)."""
+    """Competition F2 of ``model`` on the simulator's held-out test split (via ``motorsearch predict``).
+
+    The Kaggle test layout gives no voxel spacing, so ``--labels test_solution.csv`` supplies each
+    tomogram's (as the competition's own metadata would); without it every tomogram would be read
+    at the model's spacing.
+    """
     from motorsearch.cli import main as cli
     from motorsearch.data.sources import synthetic_root
     from motorsearch.evaluation.scoring import score_submission_csv
 
     root = synthetic_root(data)
+    solution = root / "test_solution.csv"
     submission.parent.mkdir(parents=True, exist_ok=True)
     with redirect_stdout(io.StringIO()):
-        code = cli(["predict", "--model", str(model), "--data", str(root / "test"), "--out", str(submission)])
+        code = cli(["predict", "--model", str(model), "--data", str(root / "test"), "--out", str(submission),
+                    "--labels", str(solution)])
     if code != 0:
         raise RuntimeError(f"predict failed with exit code {code} for {model}")
-    return score_submission_csv(root / "test_solution.csv", submission)
+    return score_submission_csv(solution, submission)
+
+
+def kept_model(trial_dir: Path) -> tuple[Path, int]:
+    """The model file ``export`` would take from a trial: of the checkpoints Tune kept (the best and
+    the latest), the highest ``val_f2``, then the earlier epoch; returned with its epoch."""
+    from motorsearch.model_file import load_model_file
+
+    kept = []
+    for path in sorted(Path(trial_dir).glob("checkpoint_*/model.pt")):
+        metrics = load_model_file(path).metrics
+        kept.append((-float(metrics["val_f2"]), int(metrics["epoch"]), path))
+    if not kept:
+        raise RuntimeError(f"no checkpoint with a model file in {trial_dir}")
+    _, epoch, path = min(kept)
+    return path, epoch
+
+
+def rescore(out: Path, *, space_file: Path = SPACE, log: Any = None) -> None:
+    """Score every finished arm's exported model on the test split again and rewrite ``outcomes.csv``
+    (for when the scoring changes)."""
+    rows = analysis.read_csv(out / OUTCOMES_CSV)
+    for row in rows:
+        name = f"{row['arm']}-s{row['seed']}"
+        model, epoch = kept_model(out / "runs" / name / f"trial_{row['best_trial']}")
+        space = arm_space(row["arm"], int(row["seed"]), budget=int(row["budget"]), storage=out / "runs",
+                          space_file=space_file)
+        test = test_score(model, space.base.data, out / "submissions" / f"{name}.csv")
+        row.update(best_epoch=epoch, test_f2=test.f2, test_precision=test.precision, test_recall=test.recall)
+        print(f"{name}: test F2 {test.f2:.3f} (epoch {epoch})", file=log or sys.stdout)
+    path = out / OUTCOMES_CSV
+    path.unlink()
+    append_rows(path, OUTCOME_COLUMNS, rows)
 
 
 def append_rows(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
@@ -184,12 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default all)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--analyse-only", action="store_true", help="only rewrite the curves, plot and report")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the finished arms' exported models on the test split again, then analyse")
     args = parser.parse_args(argv)
     if args.budget < 1:
         parser.error(f"--budget must be at least 1, but got --budget={args.budget}")
-    if not args.analyse_only:
+    if args.rescore:
+        rescore(args.out)
+    elif not args.analyse_only:
         run_study(budget=args.budget, seeds=args.seeds, arms=tuple(args.arms), out=args.out)
-    command = "python -m experiments.search_efficiency.study " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    shown = [arg for arg in given if arg not in ("--analyse-only", "--rescore")]  # the command that reproduces it
+    command = "python -m experiments.search_efficiency.study " + " ".join(shown)
     analysis.write_all(args.out, command=command.strip())
     print(f"report: {args.out / analysis.REPORT_MD}")
     return 0
