@@ -72,3 +72,18 @@ def test_run_fails_fast_on_an_unreachable_tracking_server(tmp_path: Path, capsys
     assert main(["run", str(space), "--tracking-uri", "http://127.0.0.1:9"]) == 2
     assert "127.0.0.1:9" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+def test_run_ends_on_its_epoch_budget_not_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = tiny_dataset(tmp_path / "sim")
+    space = write_space(tmp_path / "space.yaml", data=data, cache=tmp_path / "cache", storage=tmp_path / "runs",
+                        name="budgeted", num_samples=50)  # 2 epochs per trial: the budget, not the 50, ends it
+
+    assert main(["run", str(space), "--budget-epochs", "3", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
+    out = capsys.readouterr().out
+    assert "the epoch budget is spent:" in out and "(budget 3)" in out
+    assert "interrupted" not in out
+    trials = int(out.split("leaderboard (val_f2, max) of ")[1].split(" trials")[0])
+    assert 2 <= trials <= 3  # 3 trial-epochs at 2 per trial, 2 trials at a time

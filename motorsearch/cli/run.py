@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"leaderboard ({space.metric}, {space.mode}) of {len(outcome.leaderboard)} trials:")
     print(format_leaderboard(outcome.leaderboard, metric=space.metric, top=args.top))
+    if outcome.budget_spent:
+        print(f"the epoch budget is spent: {outcome.spent_epochs} trial-epochs (budget {space.budget_epochs}) "
+              f"over {len(outcome.leaderboard)} trials")
     print(f"results: {outcome.experiment_path}")
     print(f"optuna study: optuna-dashboard {outcome.study_storage}")
     print(f"mlflow: experiment {space.name!r} at {search.tracking_uri} (search run {search.run_id}); "

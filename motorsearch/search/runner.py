@@ -10,8 +10,10 @@ the study lives in ``.motorsearch/optuna/<name>.db`` under the current directory
 
 ``resume=True`` continues an interrupted search of the same name: finished trials are kept,
 unfinished and errored ones continue from their last checkpoint, and only the remaining samples
-are drawn (an epoch budget, ``budget_epochs``, counts afresh from the resume). ``callbacks`` (Tune callbacks, e.g. experiment tracking) must be picklable: Tune saves
-them with the experiment; on resume the ones given now replace the saved ones.
+are drawn. An epoch budget (``budget_epochs``) then counts only the trials that report after the
+resume, each charged its highest epoch, so a resumed search may spend more than the budget in all.
+``callbacks`` (Tune callbacks, e.g. experiment tracking) must be picklable: Tune saves them with
+the experiment; on resume the ones given now replace the saved ones.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class SearchOutcome:
     study_storage: str
     cluster: ClusterInfo
     complete: bool = True  # False when interrupted: continue with resume=True
+    spent_epochs: int = 0  # trial-epochs trained: each trial's highest reported epoch, summed
+    budget_spent: bool = False  # the search ended on its epoch budget (``budget_epochs``)
 
     @property
     def best(self) -> LeaderboardRow | None:
@@ -110,9 +114,12 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
         print(f"search {space.name!r}: {space.num_samples} trials, results in {path}", file=out)
     results = tuner.fit()
     board = leaderboard(results, space)
-    complete = len(results) >= space.num_samples and results.num_terminated + results.num_errors == len(results)
+    spent = sum(row.epochs_run for row in board)
+    budget_spent = space.budget_epochs is not None and spent >= space.budget_epochs
+    complete = budget_spent or (len(results) >= space.num_samples
+                                and results.num_terminated + results.num_errors == len(results))
     return SearchOutcome(results=results, leaderboard=board, experiment_path=path, study_storage=study_storage,
-                         cluster=cluster, complete=complete)
+                         cluster=cluster, complete=complete, spent_epochs=spent, budget_spent=budget_spent)
 
 
 def study_url(space: SearchSpace) -> str:
