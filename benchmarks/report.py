@@ -68,10 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     text = f"# Speed report\n\nMeasured {stamp} on: {machine()}{' (quick sizes)' if args.quick else ''}.\n\n{table}\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, args.out)
+    write_text(args.out, text)
     return 0
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then renamed."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
 
 
 if __name__ == "__main__":

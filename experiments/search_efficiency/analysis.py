@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine
+from benchmarks.report import machine, write_text
 
 ARM_LABELS = {"defaults": "research defaults", "random": "random search", "tpe": "TPE", "tpe_asha": "TPE + ASHA"}
 ARM_COLOURS = {"defaults": "#7f7f7f", "random": "#1f77b4", "tpe": "#ff7f0e", "tpe_asha": "#2ca02c"}
@@ -122,7 +122,7 @@ def write_curves(path: Path, curves: dict[str, dict[int, list[float]]]) -> None:
         for spent in range(1, budget + 1):
             median, low, high = spread(c[spent - 1] for c in by_seed.values())
             lines.append((arm, spent, f"{spent / budget:.4f}", *(_num(v) for v in (median, low, high)), len(by_seed)))
-    _write_text(path, "\n".join(",".join(str(cell) for cell in line) for line in lines) + "\n")
+    write_text(path, "\n".join(",".join(str(cell) for cell in line) for line in lines) + "\n")
 
 
 def plot(path: Path, curves: dict[str, dict[int, list[float]]], outcomes: list[dict[str, Any]]) -> None:
@@ -235,7 +235,7 @@ def write_all(out: Path, *, command: str) -> None:
     curves = curves_by_arm(reports, int(outcomes[0]["budget"]))
     write_curves(out / CURVES_CSV, curves)
     plot(out / PLOT_PNG, curves, outcomes)
-    _write_text(out / REPORT_MD, report(outcomes, curves, command=command))
+    write_text(out / REPORT_MD, report(outcomes, curves, command=command))
 
 
 def _cell(stats: tuple[float, float, float], digits: int = 3) -> str:
@@ -251,9 +251,3 @@ def _num(value: float) -> str:
 
 def _seed_count(curves: dict[str, dict[int, list[float]]]) -> int:
     return max((len(by_seed) for by_seed in curves.values()), default=0)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)

@@ -31,15 +31,14 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import write_text
 from experiments.search_efficiency import analysis
 
 HERE = Path(__file__).resolve().parent
@@ -172,28 +171,21 @@ def rescore(out: Path, *, space_file: Path = SPACE, log: Any = None) -> None:
         test = test_score(model, space.base.data, out / "submissions" / f"{name}.csv")
         row.update(best_epoch=epoch, test_f2=test.f2, test_precision=test.precision, test_recall=test.recall)
         print(f"{name}: test F2 {test.f2:.3f} (epoch {epoch})", file=log or sys.stdout)
-    path = out / OUTCOMES_CSV
-    path.unlink()
-    append_rows(path, OUTCOME_COLUMNS, rows)
+    write_rows(out / OUTCOMES_CSV, OUTCOME_COLUMNS, rows)
 
 
 def append_rows(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    """Add ``rows`` to a CSV, atomically: the file is rewritten under a temporary name and renamed."""
-    old = path.read_text() if path.is_file() else ",".join(columns) + "\n"
+    """Add ``rows`` to a CSV (made when absent), rewriting it atomically."""
+    write_rows(path, columns, (analysis.read_csv(path) if path.is_file() else []) + rows)
+
+
+def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Write a CSV of ``rows`` atomically (temporary name, then renamed)."""
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n").writerows(rows)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(old + buffer.getvalue())
-    os.replace(handle.name, path)
-
-
-def done_arms(out: Path) -> set[tuple[str, int]]:
-    """(arm, seed) pairs already in ``outcomes.csv``."""
-    path = out / OUTCOMES_CSV
-    if not path.is_file():
-        return set()
-    with open(path, newline="") as handle:
-        return {(row["arm"], int(row["seed"])) for row in csv.DictReader(handle)}
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def run_study(*, budget: int, seeds: list[int], arms: tuple[str, ...], out: Path, space_file: Path = SPACE,
@@ -203,10 +195,12 @@ def run_study(*, budget: int, seeds: list[int], arms: tuple[str, ...], out: Path
 
     log = log or sys.stdout
     out.mkdir(parents=True, exist_ok=True)
-    finished = done_arms(out)
-    budgets = {int(row["budget"]) for row in analysis.read_csv(out / OUTCOMES_CSV)} if finished else set()
+    outcomes = out / OUTCOMES_CSV
+    previous = analysis.read_csv(outcomes) if outcomes.is_file() else []
+    finished = {(row["arm"], int(row["seed"])) for row in previous}
+    budgets = {int(row["budget"]) for row in previous}
     if budgets and budgets != {budget}:
-        raise SystemExit(f"{out / OUTCOMES_CSV} holds arms run with budget {sorted(budgets)}, not {budget}: "
+        raise SystemExit(f"{outcomes} holds arms run with budget {sorted(budgets)}, not {budget}: "
                          "give another --out, or the same --budget.")
     connect(None, dashboard=False)
     for seed in seeds:
@@ -215,7 +209,7 @@ def run_study(*, budget: int, seeds: list[int], arms: tuple[str, ...], out: Path
                 continue
             reports, row = run_arm(arm, seed, budget=budget, out=out, space_file=space_file, log=log)
             append_rows(out / REPORTS_CSV, REPORT_COLUMNS, reports)
-            append_rows(out / OUTCOMES_CSV, OUTCOME_COLUMNS, [row])
+            append_rows(outcomes, OUTCOME_COLUMNS, [row])
 
 
 def main(argv: list[str] | None = None) -> int:
