@@ -19,6 +19,7 @@ from motorsearch.cli import main
 from motorsearch.errors import ModelFileError
 from motorsearch.evaluation.inference import predict_volume
 from motorsearch.model_file import checksum_path, file_sha256, load_model_file
+from motorsearch.objective import Objective
 from motorsearch.tracking import schema
 from motorsearch.tracking.export import CHAMPION, export_best, pick_trial
 from motorsearch.tracking.search_runs import SearchRun
@@ -60,7 +61,7 @@ def test_export_picks_the_top_finished_trial_of_mlflow_search_runs(search, run_o
     pick = pick_trial(MlflowClient(search.tracking_uri), experiment_name=search.name)
     assert pick.run_id == ranked["run_id"].iloc[0] == run_of("good")
     # "short" (0.9) and "crash" (0.95) score higher but did not finish; "tie" reached 0.8 later
-    assert (pick.metric, pick.mode, pick.value, pick.status) == ("val_f2", "max", pytest.approx(0.8), "finished")
+    assert (pick.metric, pick.mode, pick.value, pick.status) == ("best_val_f2", "max", pytest.approx(0.8), "finished")
 
 
 def test_exported_file_is_the_best_checkpoint_with_a_checksum(search, exported):
@@ -152,7 +153,7 @@ def test_unknown_experiment_or_run_id_is_exit_2(search, tmp_path, capsys, args, 
 
 
 def test_a_search_without_finished_trials_is_exit_2(search, client, tmp_path, capsys):
-    parent = SearchRun.start(name="nothing-finished", metric="val_f2", mode="max", tracking_uri=search.tracking_uri)
+    parent = SearchRun.start(name="nothing-finished", objective=Objective(), tracking_uri=search.tracking_uri)
     for status, value in ((schema.EARLY_STOPPED, 0.7), (schema.ERRORED, 0.9)):
         run = client.create_run(parent.experiment_id, tags={
             schema.PARENT: parent.run_id, schema.ROLE: schema.ROLE_TRIAL, schema.STATUS: status,

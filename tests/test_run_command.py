@@ -15,12 +15,7 @@ from motorsearch.cli import main
 from motorsearch.model_file import load_model_file
 from motorsearch.tracking import schema
 
-
-@pytest.fixture(autouse=True)
-def no_leftover_ray():
-    yield
-    ray.shutdown()
-
+pytestmark = pytest.mark.usefixtures("no_leftover_ray")
 
 def test_run_logs_to_mlflow_then_export_and_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
@@ -32,7 +27,7 @@ def test_run_logs_to_mlflow_then_export_and_predict(tmp_path: Path, monkeypatch:
 
     assert main(["run", str(space), "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert "leaderboard (val_f2, max) of 2 trials" in out and "mlflow: experiment 'cli_e2e'" in out
+    assert "leaderboard (best_val_f2, max; finished trials first) of 2 trials" in out and "mlflow: experiment 'cli_e2e'" in out
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cli_e2e")
@@ -51,7 +46,7 @@ def test_run_logs_to_mlflow_then_export_and_predict(tmp_path: Path, monkeypatch:
     assert main(["export", "--experiment", "cli_e2e", "--out", str(best), "--tracking-uri", uri]) == 0
     assert best.is_file() and Path(f"{best}.sha256").is_file()
     ranked = client.search_runs([experiment.experiment_id], filter_string=f"tags.{schema.ROLE} = 'trial'",
-                                order_by=schema.order_by("val_f2", "max"))
+                                order_by=schema.order_by("best_val_f2", "best_epoch", "max"))
     exported = load_model_file(best)
     top = load_model_file(Path(client.download_artifacts(ranked[0].info.run_id, schema.BEST_MODEL,
                                                          str(tmp_path / "dl"))))
@@ -85,5 +80,5 @@ def test_run_ends_on_its_epoch_budget_not_as_interrupted(tmp_path: Path, monkeyp
     out = capsys.readouterr().out
     assert "the epoch budget is spent:" in out and "(budget 3)" in out
     assert "interrupted" not in out
-    trials = int(out.split("leaderboard (val_f2, max) of ")[1].split(" trials")[0])
+    trials = int(out.split("leaderboard (best_val_f2, max; finished trials first) of ")[1].split(" trials")[0])
     assert 2 <= trials <= 3  # 3 trial-epochs at 2 per trial, 2 trials at a time

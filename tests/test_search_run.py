@@ -122,7 +122,8 @@ def test_leaderboard_keeps_a_trial_whose_checkpoint_never_reached_the_disk(tmp_p
     space = load_space(write_space(tmp_path / "space.yaml", data=tmp_path, cache=tmp_path / "cache",
                                    storage=tmp_path / "runs"))
     frame = pd.DataFrame({"epoch": [1, 2], "val_f2": [0.4, 0.7]})
-    result = Result(metrics={"epoch": 2, "val_f2": 0.7}, checkpoint=None, error=None,
+    result = Result(metrics={"epoch": 2, "val_f2": 0.7, "best_val_f2": 0.7, "best_epoch": 2.0}, checkpoint=None,
+                    error=None,
                     path=str(tmp_path / "trial_abc"), metrics_dataframe=frame, best_checkpoints=None)
     (row,) = leaderboard([result], space)
     assert (row.trial_id, row.value, row.epoch, row.epochs_run, row.checkpoint) == ("abc", 0.7, 2, 2, None)
@@ -143,16 +144,19 @@ def test_cli_resume_without_a_search_exits_2(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
 def test_every_sampler_suggests_valid_trial_configs(tmp_path: Path, sampler: str) -> None:
-    from motorsearch.search.runner import _searcher
+    from motorsearch.search.study import make_searcher
 
     path = write_space(tmp_path / "space.yaml", data=tmp_path, cache=tmp_path / "cache", storage=tmp_path / "runs",
                        parameters={**PARAMETERS, "target.sigma_a": {"type": "float", "low": 100.0, "high": 300.0}},
                        searcher={"sampler": sampler, "seed": 1, "n_startup_trials": 2})
     space = load_space(path)
-    searcher = _searcher(space, f"sqlite:///{tmp_path}/study.db", None)
+    searcher = make_searcher(space, f"sqlite:///{tmp_path}/study.db", None)
     for index in range(5):
         config = searcher.suggest(f"t{index}")
         assert space.trial_config(config).optim.lr == config["optim.lr"]
-        searcher.on_trial_complete(f"t{index}", {"val_f2": config["optim.lr"] * 10, "training_iteration": 1})
+        searcher.on_trial_complete(f"t{index}", {"best_val_f2": config["optim.lr"] * 10, "best_epoch": 2.0,
+                                                 "epoch": 2, "training_iteration": 2})
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
     assert len(study.trials) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert [t.value for t in study.trials] == pytest.approx([t.params["optim.lr"] * 10 for t in study.trials])

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import socket
 import time
@@ -25,6 +26,7 @@ from tracking_helpers import CASES, EPOCHS, checkpoint_model_file, shared_search
 from motorsearch.cli import main
 from motorsearch.errors import InputError
 from motorsearch.model_file import file_sha256, verify_checksum
+from motorsearch.objective import Objective
 from motorsearch.tracking import schema
 from motorsearch.tracking.leaderboard import connect, find_search, leaderboard, top_configs
 from motorsearch.tracking.pictures import _curves, training_curves_png
@@ -92,7 +94,7 @@ def test_status_and_summary_follow_the_rule(children, case):
     assert run.data.tags[schema.STATUS] == status
     assert run.info.status == ("FAILED" if status == schema.ERRORED else "FINISHED")
     assert run.data.metrics["best_val_f2"] == pytest.approx(best)
-    assert run.data.metrics[schema.BEST_EPOCH] == best_epoch
+    assert run.data.metrics["best_epoch"] == best_epoch
     assert run.data.metrics[schema.LAST_EPOCH] == last_epoch
     if status == schema.ERRORED:
         assert "scripted crash" in run.data.tags["motorsearch.error"]
@@ -146,13 +148,14 @@ def test_parent_artifacts_leaderboard_csv_space_file_and_importance(search, clie
     assert {a.path for a in client.list_artifacts(run_id, "pictures")} == {schema.IMPORTANCE_PNG}
     csv = client.download_artifacts(run_id, schema.LEADERBOARD_CSV, str(tmp_path))
     table = pd.read_csv(csv)
-    # best_val_f2 descending; the 0.8 tie goes to the trial that reached it at the earlier epoch
-    assert list(table["case"]) == ["crash", "short", "good", "tie"]
+    # finished trials first (only they can be exported), then early-stopped, then errored; within a
+    # status best_val_f2 descending; the 0.8 tie goes to the trial that reached it at the earlier epoch
+    assert list(table["case"]) == ["good", "tie", "short", "crash"]
     assert list(table["rank"]) == [1, 2, 3, 4]
-    assert list(table["status"]) == [EXPECTED[c][0] for c in ["crash", "short", "good", "tie"]]
+    assert list(table["status"]) == [EXPECTED[c][0] for c in ["good", "tie", "short", "crash"]]
 
 
-def test_leaderboard_order_equals_mlflow_search_runs(search, client):
+def test_leaderboard_order_equals_mlflow_search_runs_within_each_status(search, client):
     table = leaderboard(client, client.get_run(search.parent_run_id))
     mlflow.set_tracking_uri(search.tracking_uri)
     try:
@@ -161,18 +164,31 @@ def test_leaderboard_order_equals_mlflow_search_runs(search, client):
                                    order_by=["metrics.best_val_f2 DESC", "metrics.best_epoch ASC"])
     finally:
         mlflow.set_tracking_uri(None)
-    assert list(table["run_id"]) == list(frame["run_id"])
-    assert list(table["best_val_f2"]) == pytest.approx([0.95, 0.9, 0.8, 0.8])
+    status_of = dict(zip(table["run_id"], table["status"], strict=True))
+    for status in (schema.FINISHED, schema.EARLY_STOPPED, schema.ERRORED):
+        assert list(table[table["status"] == status]["run_id"]) == [
+            run for run in frame["run_id"] if status_of[run] == status]
+    assert list(table["best_val_f2"]) == pytest.approx([0.8, 0.8, 0.9, 0.95])
+
+
+@pytest.mark.parametrize("users_value", ["sqlite:////somewhere/else.db", None])
+def test_reading_a_leaderboard_leaves_the_users_tracking_uri_variable_alone(search, client, monkeypatch, users_value):
+    if users_value is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", users_value)
+    assert len(leaderboard(client, client.get_run(search.parent_run_id))) == 4
+    assert os.environ.get("MLFLOW_TRACKING_URI") == users_value
 
 
 def test_best_cli_prints_the_leaderboard(search, capsys):
     code = main(["best", "--experiment", search.name, "--tracking-uri", search.tracking_uri, "--top", "3"])
     out = capsys.readouterr().out
     assert code == 0
-    assert f"experiment '{search.name}'" in out and "4 trials" in out and "best val_f2 (max)" in out
+    assert f"experiment '{search.name}'" in out and "4 trials" in out and "ranked by best_val_f2 (max)" in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "3 ", "4 "))]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]  # --top 3
-    assert "crash" in rows[0] and "errored" in rows[0] and "short" in rows[1] and "good" in rows[2]
+    assert "good" in rows[0] and "tie" in rows[1] and "short" in rows[2] and "early_stopped" in rows[2]
     assert "best finished trial:" in out and children_trial_id(search, "good") in out
 
 
@@ -190,9 +206,10 @@ def test_best_without_experiment_reads_the_latest_search(search, client, capsys)
 
 
 def test_top_configs_are_typed_sampled_values_of_ranked_trials(search):
-    # errored trials never seed a search; early-stopped ones rank by their best value
+    # errored trials never seed a search; early-stopped ones come after the finished ones (the leaderboard's order)
     assert top_configs(search.name, 2, search.tracking_uri) == [
-        {"case": "short", "lr": CASES["short"]["lr"]}, {"case": "good", "lr": CASES["good"]["lr"]}]
+        {"case": "good", "lr": CASES["good"]["lr"]}, {"case": "tie", "lr": CASES["tie"]["lr"]}]
+    assert top_configs(search.name, 3, search.tracking_uri)[2] == {"case": "short", "lr": CASES["short"]["lr"]}
     assert len(top_configs(search.name, 10, search.tracking_uri)) == 3
 
 
@@ -210,7 +227,7 @@ def test_a_tracker_survives_pickling_as_tune_does(search):
     from motorsearch.tracking.search_runs import TrialTracker
 
     tracker = TrialTracker(tracking_uri=search.tracking_uri, experiment_id="1", parent_run_id=search.parent_run_id,
-                           metric="val_f2", mode="max", max_epochs=EPOCHS)
+                           objective=Objective(), max_epochs=EPOCHS)
     _ = tracker.client  # a live client must not break pickling
     copy = pickle.loads(cloudpickle.dumps(tracker))
     assert (copy.tracking_uri, copy.parent_run_id, copy.max_epochs) == (search.tracking_uri, search.parent_run_id, 3)
@@ -319,7 +336,7 @@ def test_a_deleted_checkpoint_is_skipped_for_the_next_best(tmp_path):
 def test_resume_reopens_the_parent_and_finds_each_trials_run(search, client, children):
     from motorsearch.tracking.search_runs import SearchRun
 
-    resumed = SearchRun.start(name=search.name, metric="val_f2", mode="max", tracking_uri=search.tracking_uri,
+    resumed = SearchRun.start(name=search.name, objective=Objective(), tracking_uri=search.tracking_uri,
                               resume=True)
     try:
         assert resumed.run_id == search.parent_run_id

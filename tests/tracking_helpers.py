@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from motorsearch.objective import Objective
+
 EPOCHS = 3
 PATCH = [32, 32, 32]
 CASES = {
@@ -54,6 +56,7 @@ def tiny_trainable(config: dict[str, Any]) -> None:
     cfg = tiny_config()
     model = build_model(cfg.model)
     values = CASES[config["case"]]["values"]
+    history = []
     for epoch, value in enumerate(values, start=1):
         if value is None:
             raise RuntimeError("scripted crash")
@@ -63,8 +66,9 @@ def tiny_trainable(config: dict[str, Any]) -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"ckpt{epoch}-", dir=tune.get_context().get_trial_dir()))
         torch.save({"epoch": epoch}, folder / "state.pt")
         save_model_file(folder / "model.pt", model=model, cfg=cfg, threshold=0.5, metrics={"val_f2": value})
-        tune.report({"epoch": epoch, "val_f2": value, "train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch},
-                    checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        metrics = {"epoch": epoch, "val_f2": value, "train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch}
+        history.append(metrics)  # the objective so far, reported as the real trainable does
+        tune.report({**metrics, **Objective().report(history)}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
 
 def tiny_tomograms(folder: str, cfg: Any = None) -> list[Any]:
@@ -105,7 +109,7 @@ def run_tiny_search(folder: Path, *, name: str = "tiny", tracking_uri: str | Non
     uri = tracking_uri or f"sqlite:///{folder / 'mlflow.db'}"
     space_file = folder / "space.yaml"
     space_file.write_text(f"name: {name}\nexperiment: tiny.yaml\nmetric: val_f2\nmode: max\n")
-    with SearchRun.start(name=name, metric="val_f2", mode="max", space_file=space_file, tracking_uri=uri,
+    with SearchRun.start(name=name, objective=Objective(), space_file=space_file, tracking_uri=uri,
                          ray_address="local", storage_path=str(folder / "ray")) as search:
         callback = search.trial_callback(
             max_epochs=EPOCHS, resolve_config=lambda params: tiny_config().to_dict(),

@@ -40,6 +40,7 @@ from typing import Any
 
 from benchmarks.report import write_text
 from experiments.search_efficiency import analysis
+from motorsearch.tracking import schema
 
 HERE = Path(__file__).resolve().parent
 SPACE = HERE / "space.yaml"
@@ -84,7 +85,7 @@ def run_arm(arm: str, seed: int, *, budget: int, out: Path, space_file: Path = S
         outcome = run_search(space, verbose=0, out=io.StringIO())
     wall = time.perf_counter() - started
     reports = trial_reports(outcome.results, arm=arm, seed=seed)
-    best = export_choice(outcome.leaderboard)
+    best = exported_trial(outcome.leaderboard)
     model, epoch = kept_model(Path(best.path))
     test = test_score(model, space.base.data, out / "submissions" / f"{space.name}.csv")
     spent = analysis.spent_epochs(reports)
@@ -113,13 +114,13 @@ def trial_reports(results: Any, *, arm: str, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def export_choice(leaderboard: list[Any]) -> Any:
-    """The trial ``motorsearch export`` would pick: the highest value, then the earlier best epoch
-    (its model file: :func:`kept_model`)."""
+def exported_trial(leaderboard: list[Any]) -> Any:
+    """The trial ``motorsearch export`` would pick (the leaderboard's top finished trial); when the
+    budget ended the search before any trial finished, the top trial with a kept checkpoint."""
     ranked = [row for row in leaderboard if row.value is not None and row.checkpoint]
     if not ranked:
         raise RuntimeError("no trial of the search reported a value with a checkpoint")
-    return min(ranked, key=lambda row: (-row.value, row.epoch))
+    return next((row for row in ranked if row.status == schema.FINISHED), ranked[0])
 
 
 def test_score(model: Path, data: Any, submission: Path) -> Any:

@@ -27,25 +27,25 @@ def run(args: argparse.Namespace) -> int:
 
     from motorsearch.errors import InputError
     from motorsearch.tracking import schema
-    from motorsearch.tracking.leaderboard import connect, find_search, leaderboard, search_metric
+    from motorsearch.tracking.leaderboard import connect, find_search, finished_trials, leaderboard, search_objective
 
     if args.top < 0:
         raise InputError(f"`--top` cannot be negative, but got --top={args.top}.")
     client = connect(args.tracking_uri)
     search = find_search(client, args.experiment)
-    metric, mode = search_metric(search)
+    objective = search_objective(search)
     table = leaderboard(client, search)
     name = client.get_experiment(search.info.experiment_id).name
     tags = search.data.tags
     print(f"experiment {name!r}, search run {search.info.run_id} ({tags.get(schema.STATUS, '?')}), "
-          f"{len(table)} trials, ranked by best {metric} ({mode})")
+          f"{len(table)} trials, finished first, ranked by {objective.value_key} ({objective.mode})")
     shown = table if args.top == 0 else table.head(args.top)
     if shown.empty:
         print("(no trials logged yet)")
         return 0
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 32):
         print(shown.drop(columns=["run_id"]).assign(run_id=shown["run_id"].str[:12]).to_string(index=False))
-    finished = table[(table["status"] == schema.FINISHED) & table[schema.best_metric(metric)].notna()]
+    finished = finished_trials(table, objective)
     if len(finished):
         print(f"best finished trial: {finished['trial_id'].iloc[0]} (run {finished['run_id'].iloc[0]}); export it "
               f"with: python -m motorsearch export --experiment {name} --out best.pt")

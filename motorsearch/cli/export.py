@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
                            tracking_uri=args.tracking_uri)
     pick = exported.pick
     print(f"picked trial {pick.trial_id} (run {pick.run_id}, {pick.status}) of experiment {pick.experiment_name!r}: "
-          f"best {pick.metric}={pick.value:.4g}")
+          f"{pick.metric}={pick.value:.4g}")
     print(f"wrote {exported.path} and {exported.checksum.name} (sha256 {exported.sha256})")
     if exported.registered_version is not None:
         print(f"registered as {args.register} version {exported.registered_version}, alias 'champion'")

@@ -6,8 +6,15 @@ Flags replace the space file's values; ``--set`` overrides the base experiment (
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from motorsearch.cli import add_overrides
+
+if TYPE_CHECKING:
+    from motorsearch.search.runner import SearchOutcome
+    from motorsearch.search.space import SearchSpace
+    from motorsearch.tracking.search_runs import SearchRun
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,9 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from motorsearch.errors import ConfigError
-    from motorsearch.search.runner import format_leaderboard, run_search, study_url
+    from motorsearch.search.runner import format_leaderboard
     from motorsearch.search.space import load_space
-    from motorsearch.tracking.search_runs import SearchRun
+    from motorsearch.tracking import schema
 
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"`--num-samples` must be at least 1, but got --num-samples={args.num_samples}.")
@@ -62,19 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
         warm = top_configs(args.warm_start, args.warm_start_top, space.tracking_uri)
         print(f"warm start: {len(warm)} configuration(s) from MLflow experiment {args.warm_start!r}")
-    # Opened before Ray starts, so an unreachable tracking server fails in seconds, not after training.
-    with SearchRun.start(name=space.name, metric=space.metric, mode=space.mode, space_file=args.space,
-                         tracking_uri=space.tracking_uri, ray_address=space.address or "local",
-                         storage_path=space.storage_path, resume=args.resume) as search:
-        search.study_storage, search.study_name = study_url(space), space.name
-        callback = search.trial_callback(max_epochs=space.max_epochs,
-                                         resolve_config=lambda values: space.trial_config(values).to_dict())
-        outcome = run_search(space, callbacks=[callback], points_to_evaluate=warm, resume=args.resume)
-        if not outcome.complete:
-            search.status = "interrupted"
+    outcome, search = tracked_search(space, space_file=args.space, points_to_evaluate=warm, resume=args.resume)
     print()
-    print(f"leaderboard ({space.metric}, {space.mode}) of {len(outcome.leaderboard)} trials:")
-    print(format_leaderboard(outcome.leaderboard, metric=space.metric, top=args.top))
+    print(f"leaderboard ({space.objective.value_key}, {space.mode}; finished trials first) of "
+          f"{len(outcome.leaderboard)} trials:")
+    print(format_leaderboard(outcome.leaderboard, metric=space.objective.value_key, top=args.top))
     if outcome.budget_spent:
         print(f"the epoch budget is spent: {outcome.spent_epochs} trial-epochs (budget {space.budget_epochs}) "
               f"over {len(outcome.leaderboard)} trials")
@@ -86,7 +85,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"the search was interrupted; continue it with: python -m motorsearch run {args.space} --resume"
               + (f" --name {space.name}" if args.name else "")
               + (f" --storage-path {args.storage_path}" if args.storage_path else ""))
-    errors = [row for row in outcome.leaderboard if row.status == "error"]
+    errors = [row for row in outcome.leaderboard if row.status == schema.ERRORED]
     if errors:
         print(f"{len(errors)} trial(s) failed; their errors are in <trial folder>/error.txt, e.g. {errors[0].path}")
     return 0 if outcome.best is not None else 1
+
+
+def tracked_search(space: SearchSpace, *, space_file: str | Path, points_to_evaluate: list[dict] | None = None,
+                   resume: bool = False, out: Any = None) -> tuple[SearchOutcome, SearchRun]:
+    """Run the search ``space`` with its MLflow parent run, a child run per trial and the Optuna
+    study linked to them: what ``run`` does before it prints."""
+    from motorsearch.search.runner import run_search
+    from motorsearch.search.study import study_url
+    from motorsearch.tracking import schema
+    from motorsearch.tracking.search_runs import SearchRun
+
+    # Opened before Ray starts, so an unreachable tracking server fails in seconds, not after training.
+    with SearchRun.start(name=space.name, objective=space.objective, space_file=space_file,
+                         tracking_uri=space.tracking_uri, ray_address=space.address or "local",
+                         storage_path=space.storage_path, resume=resume) as search:
+        search.study_storage, search.study_name = study_url(space), space.name
+        # each trial's own optim.epochs (resolved from its config) tells finished from stopped
+        callback = search.trial_callback(resolve_config=lambda values: space.trial_config(values).to_dict())
+        outcome = run_search(space, callbacks=[callback], points_to_evaluate=points_to_evaluate, resume=resume,
+                             out=out)
+        if not outcome.complete:
+            search.status = schema.SEARCH_INTERRUPTED
+    return outcome, search

@@ -3,10 +3,8 @@
 ``run_search(space)`` connects to Ray, checks the set-up (resources, shared storage), prepares
 the data cache once, assembles the Tuner and runs it; it returns a :class:`SearchOutcome` with
 Tune's ResultGrid and a leaderboard. Tune keeps everything under ``<storage_path>/<name>/``;
-the Optuna study is the SQLite file ``optuna.db`` there (open it with
-``optuna-dashboard sqlite:///<storage_path>/<name>/optuna.db``). When ``storage_path`` is a URI
-the study lives in ``.motorsearch/optuna/<name>.db`` under the current directory instead
-(SQLite needs a local file).
+the Optuna study, a mirror of the trials, is described in :mod:`motorsearch.search.study`.
+Every trial runs in a process of its own (no actor reuse).
 
 ``resume=True`` continues an interrupted search of the same name: finished trials are kept,
 unfinished and errored ones continue from their last checkpoint, and only the remaining samples
@@ -19,7 +17,6 @@ the experiment; on resume the ones given now replace the saved ones.
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,18 +26,23 @@ from typing import Any
 from motorsearch.errors import ConfigError, InputError
 from motorsearch.search.cluster import ClusterInfo, check_request, check_storage, connect, dashboard_message
 from motorsearch.search.space import SearchSpace, is_uri
-from motorsearch.search.trainable import TrialSetup, fault_epoch_from_env, train_trial
+from motorsearch.search.study import make_searcher, remove_stale_study, reopen_waiting, settle_study, study_url
+from motorsearch.search.trainable import TrialSetup, fault_epoch_from_env, fault_raise_from_env, train_trial
+from motorsearch.tracking import schema
 
-STUDY_FILE = "optuna.db"
 _CACHE_KEYS = ("data.root", "data.format", "data.labels", "data.labels_unit", "data.spacing", "data.source_spacing",
                "data.cache_dir", "data.synthetic.n_train", "data.synthetic.n_test", "data.synthetic.seed",
                "data.synthetic.difficulty")
 _MAX_PREPARED_VARIANTS = 16
+# A new process per trial. Reusing a finished trial's process saves its start-up (measured in
+# benchmarks/bench_endings.py), but a function trainable cannot reset itself, and Ray's reuse
+# after an ASHA stop errored the next trial ("Could not re-use actor") or hung the whole search.
+REUSE_ACTORS = False
 
 
 @dataclass
 class LeaderboardRow:
-    """One trial, at its best reported epoch."""
+    """One trial: its objective (``value``), the epoch it comes from, and that epoch's checkpoint."""
 
     trial_id: str
     value: float | None
@@ -67,8 +69,8 @@ class SearchOutcome:
 
     @property
     def best(self) -> LeaderboardRow | None:
-        ranked = [row for row in self.leaderboard if row.value is not None]
-        return ranked[0] if ranked else None
+        """The trial ``export`` would pick: the top finished trial with a value."""
+        return _exportable(self.leaderboard)
 
 
 def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_evaluate: list[dict] | None = None,
@@ -98,40 +100,36 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
     check_storage(space.storage_path, shared=space.storage_shared, nodes=cluster.nodes)
     prepare_data(space, out=out)
 
-    setup = TrialSetup(base=space.base.to_dict(), metric=space.metric, mode=space.mode, cpus=space.resources.cpu,
-                       trial_root=None if is_uri(path) else path, fault_epoch=fault_epoch_from_env())
+    setup = TrialSetup(base=space.base.to_dict(), objective=space.objective, cpus=space.resources.cpu,
+                       trial_root=None if is_uri(path) else path, fault_epoch=fault_epoch_from_env(),
+                       fault_raise=fault_raise_from_env())
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), space.resources.as_ray())
     study_storage = study_url(space)
     if resume:
+        reopen_waiting(study_storage, space.name)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         if callbacks:
             tuner._local_tuner.get_run_config().callbacks = list(callbacks)  # saved ones may be stale
         print(f"resuming the search at {path}", file=out)
     else:
-        _remove_stale_study(study_storage)
+        remove_stale_study(study_storage)
         tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
                            run_config=_run_config(space, callbacks, verbose))
         print(f"search {space.name!r}: {space.num_samples} trials, results in {path}", file=out)
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException:  # e.g. a second Ctrl-C: the trials still running wait for --resume
+        settle_study(study_storage, space.name, search_ended=False)
+        raise
     board = leaderboard(results, space)
     spent = sum(row.epochs_run for row in board)
     budget_spent = space.budget_epochs is not None and spent >= space.budget_epochs
     complete = budget_spent or (len(results) >= space.num_samples
                                 and results.num_terminated + results.num_errors == len(results))
+    settle_study(study_storage, space.name, search_ended=complete,
+                 errored={row.trial_id for row in board if row.status == schema.ERRORED})
     return SearchOutcome(results=results, leaderboard=board, experiment_path=path, study_storage=study_storage,
                          cluster=cluster, complete=complete, spent_epochs=spent, budget_spent=budget_spent)
-
-
-def study_url(space: SearchSpace) -> str:
-    """SQLAlchemy URL of the Optuna study file (see the module docstring)."""
-    if is_uri(space.storage_path):
-        folder = Path.cwd() / ".motorsearch" / "optuna"
-        file = folder / f"{space.name}.db"
-    else:
-        folder = Path(space.experiment_path)
-        file = folder / STUDY_FILE
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
 
 
 def prepare_data(space: SearchSpace, *, out: Any = None) -> list[Path]:
@@ -155,30 +153,32 @@ def prepare_data(space: SearchSpace, *, out: Any = None) -> list[Path]:
 
 
 def leaderboard(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
-    """Every trial at its best epoch, best first (trials without a result last)."""
+    """Every trial with its objective, in the ranking order of :func:`schema.rank_key` (the
+    first finished trial with a value is the one ``export`` picks)."""
+    objective = space.objective
     sampled = {p.path for p in space.parameters}
     rows = []
     for result in results:
+        last = result.metrics or {}
         frame = result.metrics_dataframe
-        value = epoch = None
-        epochs_run = 0
-        if frame is not None and space.metric in frame and len(frame):
-            column = frame[space.metric].astype(float)
-            index = column.idxmax() if space.mode == "max" else column.idxmin()
-            if not math.isnan(column[index]):
-                value = float(column[index])
-                epoch = int(frame.loc[index, "epoch"]) if "epoch" in frame else None
-            epochs_run = int(frame["epoch"].max()) if "epoch" in frame else len(frame)
-        checkpoint = None
-        if value is not None:
-            checkpoint = _best_checkpoint(result, space)
-        status = "error" if result.error else ("finished" if epochs_run >= _epochs_of(result, space)
-                                               else f"stopped at epoch {epochs_run}")
+        value = last.get(objective.value_key)
+        value = float(value) if value is not None and value == value else None
+        epoch = int(last[objective.epoch_key]) if value is not None else None
+        if frame is not None and "epoch" in frame and len(frame):
+            epochs_run = int(frame["epoch"].max())
+        else:
+            epochs_run = int(last.get("epoch", 0))
+        checkpoint = _checkpoint_of_epoch(result, epoch) if epoch is not None else None
+        if result.error:
+            status = schema.ERRORED
+        elif epochs_run >= space.planned_epochs(result.config or {}):
+            status = schema.FINISHED
+        else:
+            status = schema.EARLY_STOPPED
         params = {k: v for k, v in (result.config or {}).items() if k in sampled}
         rows.append(LeaderboardRow(trial_id=_trial_id(result), value=value, epoch=epoch, epochs_run=epochs_run,
                                    status=status, params=params, checkpoint=checkpoint, path=str(result.path)))
-    sign = -1.0 if space.mode == "max" else 1.0
-    rows.sort(key=lambda r: (r.value is None, sign * (r.value or 0.0)))
+    rows.sort(key=lambda r: schema.rank_key(r.status, r.value, r.epoch, space.mode))
     return rows
 
 
@@ -196,8 +196,8 @@ def format_leaderboard(rows: Sequence[LeaderboardRow], *, metric: str, top: int 
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table]
     if len(rows) > top:
         lines.append(f"... and {len(rows) - top} more trials")
-    best = next((r for r in rows if r.checkpoint), None)
-    if best is not None:
+    best = _exportable(rows)
+    if best is not None and best.checkpoint:
         lines.append(f"best checkpoint ({metric}={best.value:.4f}, trial {best.trial_id}, epoch {best.epoch}): "
                      f"{best.checkpoint}")
         lines.append(f"best model file: {best.checkpoint}/model.pt")
@@ -211,12 +211,12 @@ def _tune_config(space: SearchSpace, study_storage: str, points_to_evaluate: lis
     from ray import tune
 
     return tune.TuneConfig(
-        search_alg=_searcher(space, study_storage, points_to_evaluate),
+        search_alg=make_searcher(space, study_storage, points_to_evaluate),
         scheduler=_scheduler(space),
         num_samples=space.num_samples,
         max_concurrent_trials=space.max_concurrent,
         trial_dirname_creator=trial_dirname,
-        reuse_actors=True,  # the next trial runs in a finished trial's process: no new imports (~10 s)
+        reuse_actors=REUSE_ACTORS,
     )
 
 
@@ -249,24 +249,6 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _searcher(space: SearchSpace, study_storage: str, points_to_evaluate: list[dict] | None) -> Any:
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    spec = space.searcher
-    if spec.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.n_startup_trials,
-                                             constant_liar=True)
-    elif spec.sampler == "cmaes":
-        sampler = optuna.samplers.CmaEsSampler(seed=spec.seed, n_startup_trials=spec.n_startup_trials,
-                                               warn_independent_sampling=False)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
-    storage = optuna.storages.RDBStorage(study_storage, engine_kwargs={"connect_args": {"timeout": 30}})
-    return OptunaSearch(space=space.define_by_run(), metric=space.metric, mode=space.mode, sampler=sampler,
-                        study_name=space.name, storage=storage, points_to_evaluate=points_to_evaluate or None)
-
-
 def _scheduler(space: SearchSpace) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
@@ -295,13 +277,6 @@ def _check_points(space: SearchSpace, points: list[dict] | None) -> None:
                                   f"{str(exc).removeprefix(': ')}") from None
 
 
-def _remove_stale_study(url: str) -> None:
-    """A study file without a Tune experiment beside it is left from a start that never ran: drop it."""
-    file = Path(url.removeprefix("sqlite:///"))
-    if file.is_file():
-        file.unlink()
-
-
 def _data_variants(space: SearchSpace) -> list[dict[str, Any]]:
     options = []
     for parameter in space.parameters:
@@ -317,19 +292,17 @@ def _data_variants(space: SearchSpace) -> list[dict[str, Any]]:
     return combos if len(combos) <= _MAX_PREPARED_VARIANTS else [{}]
 
 
-def _best_checkpoint(result: Any, space: SearchSpace) -> str | None:
-    """The path of a trial's best kept checkpoint; None when none reached the disk (a trial stopped
-    by the budget or the driver as it reported)."""
-    try:
-        best = result.get_best_checkpoint(space.metric, space.mode)
-    except RuntimeError:  # Tune: "No checkpoint exists in the trial directory!"
-        return None
-    return best.path if best is not None else None
+def _checkpoint_of_epoch(result: Any, epoch: int) -> str | None:
+    """The path of the kept checkpoint reported at ``epoch``; None when Tune kept none (deleted by
+    ``checkpoints_to_keep``, or a trial stopped by the budget or the driver as it reported)."""
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if int(metrics.get("epoch", -1)) == epoch:
+            return checkpoint.path
+    return None
 
 
-def _epochs_of(result: Any, space: SearchSpace) -> int:
-    epochs = (result.config or {}).get("optim.epochs")
-    return int(epochs) if epochs is not None else space.base.optim.epochs
+def _exportable(rows: Sequence[LeaderboardRow]) -> LeaderboardRow | None:
+    return next((row for row in rows if row.status == schema.FINISHED and row.value is not None), None)
 
 
 def _trial_id(result: Any) -> str:

@@ -40,13 +40,14 @@ from motorsearch.config import (
     set_dotted,
 )
 from motorsearch.errors import ConfigError
+from motorsearch.objective import MODES, OBJECTIVES, Objective
 from motorsearch.registry import did_you_mean
 
 SAMPLERS = ("tpe", "random", "cmaes")
 SCHEDULERS = ("asha", "none")
 PARAMETER_TYPES = ("float", "int", "categorical")
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
-_TOP_KEYS = ("name", "experiment", "overrides", "metric", "mode", "num_samples", "max_concurrent", "resources",
+_TOP_KEYS = ("name", "experiment", "overrides", "metric", "mode", "objective", "num_samples", "max_concurrent", "resources",
              "scheduler", "searcher", "tracking_uri", "storage_path", "storage_shared", "address", "max_failures",
              "checkpoints_to_keep", "budget_epochs", "parameters")
 _DATA_PATHS = ("data.cache_dir", "data.root", "data.labels")
@@ -123,8 +124,7 @@ class SearchSpace:
     experiment: Path | None
     base: ExperimentConfig
     parameters: list[Parameter]
-    metric: str = "val_f2"
-    mode: str = "max"
+    objective: Objective = field(default_factory=Objective)
     num_samples: int = 8
     max_concurrent: int | None = None
     resources: Resources = field(default_factory=Resources)
@@ -137,6 +137,15 @@ class SearchSpace:
     max_failures: int = 2
     checkpoints_to_keep: int = 2
     budget_epochs: int | None = None  # stop the search once trials have trained this many epochs in all
+
+    @property
+    def metric(self) -> str:
+        """The reported metric the objective is taken from (and ASHA decides on each epoch)."""
+        return self.objective.metric
+
+    @property
+    def mode(self) -> str:
+        return self.objective.mode
 
     @property
     def sampled(self) -> list[Parameter]:
@@ -153,6 +162,11 @@ class SearchSpace:
         if epochs:
             return int(epochs[0].value)
         return self.base.optim.epochs
+
+    def planned_epochs(self, values: Mapping[str, Any]) -> int:
+        """The epochs a trial with sampled ``values`` is set to train; one that ends with fewer was stopped."""
+        epochs = values.get("optim.epochs")
+        return int(epochs) if epochs is not None else self.base.optim.epochs
 
     @property
     def experiment_path(self) -> str:
@@ -280,8 +294,7 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         experiment=experiment,
         base=base,
         parameters=_parameters(path, raw.get("parameters"), base),
-        metric=reader.optional("metric", str) or "val_f2",
-        mode=reader.choice("mode", ("max", "min"), "max"),
+        objective=_objective(path, reader),
         num_samples=reader.integer("num_samples", 8, minimum=1),
         max_concurrent=reader.optional_integer("max_concurrent", minimum=1),
         resources=_resources(reader),
@@ -300,6 +313,15 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         raise ConfigError(f"{path}: `scheduler.grace_period` must not exceed the epochs a trial trains "
                           f"({space.max_epochs}), but got scheduler.grace_period={space.scheduler.grace_period}.")
     return space
+
+
+def _objective(path: Path, reader: _Reader) -> Objective:
+    mode = reader.choice("mode", MODES, "max")
+    kind = reader.choice("objective", OBJECTIVES, "best")
+    try:
+        return Objective(reader.optional("metric", str) or "val_f2", mode, kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _storage_path(value: str) -> str:

@@ -9,7 +9,9 @@ Inside a trial:
   included; a trial without a GPU, or whose GPU CUDA cannot see, trains on the CPU;
 - training resumes from ``tune.get_checkpoint()`` (a restarted trial, or a resumed search);
 - every validation epoch is reported with ``tune.report(metrics, checkpoint=...)``; the metrics
-  are the trainer's plus where the trial ran (``node_id``, ``gpu_ids``, ``cuda_visible_devices``,
+  are the trainer's, the trial's objective so far over all its epochs, those before a restart
+  included (``best_val_f2`` and ``best_epoch`` for ``objective: best``; see
+  :mod:`motorsearch.objective`), plus where the trial ran (``node_id``, ``gpu_ids``, ``cuda_visible_devices``,
   ``device``), ``resumed_from_epoch`` (0 for a fresh start), ``trial_started_at`` and ``reported_at`` (Unix
   times; ``reported_at`` orders the reports of concurrent trials, finer than Tune's ``timestamp``);
 - each start appends one JSON line to ``<storage_path>/<name>/trial_<id>/attempts.jsonl`` (pid,
@@ -18,19 +20,22 @@ Inside a trial:
 
 Trainer checkpoints are written in ``fit_<trial id>/`` of the trial's working directory (scratch
 on the node) and Tune copies each reported one into ``<storage_path>/<name>/trial_<id>/checkpoint_NNNNNN``.
-Tune reuses a finished trial's process for the next trial (``reuse_actors``), which saves the
-imports and CUDA start-up of a new process.
+Every trial runs in a new process (``reuse_actors=False`` in the runner): a function trainable
+cannot be reset in place, and Ray's reuse after an ASHA stop errored or hung searches.
 
-Fault injection (tests only): ``TrialSetup.fault_epoch = k`` (the driver reads it from the
-environment variable ``MOTORSEARCH_FAULT_EPOCH``) makes each trial's first attempt (the one that
-starts without a checkpoint) kill its own process (``os._exit``) right after reporting epoch k,
-leaving the marker file ``fault_injected`` in the trial folder. Restarted attempts resume from a
-checkpoint and are left alone.
+Fault injection (tests only), read by the driver from the environment:
+
+- ``MOTORSEARCH_FAULT_EPOCH=k`` (``TrialSetup.fault_epoch``) makes each trial's first attempt (the
+  one that starts without a checkpoint) kill its own process (``os._exit``) right after reporting
+  epoch k, leaving the marker file ``fault_injected`` in the trial folder. Restarted attempts
+  resume from a checkpoint and are left alone.
+- ``MOTORSEARCH_FAULT_RAISE=path=value`` (``TrialSetup.fault_raise``) makes every attempt of a
+  trial whose sampled ``path`` equals ``value`` (compared as text) raise ``RuntimeError`` right
+  after reporting epoch 1: an ordinary Python error in a trial, as a bug would raise.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -40,7 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from motorsearch.objective import Objective
+
 FAULT_ENV = "MOTORSEARCH_FAULT_EPOCH"
+FAULT_RAISE_ENV = "MOTORSEARCH_FAULT_RAISE"
 FAULT_MARKER = "fault_injected"
 ATTEMPTS_LOG = "attempts.jsonl"
 
@@ -51,19 +59,20 @@ class TrialSetup:
 
     Attributes:
         base: the base experiment as a nested dict (``ExperimentConfig.to_dict()``), paths absolute.
-        metric, mode: what picks a trial's best checkpoint ("val_f2", "max").
+        objective: the search's objective (metric, mode, best or last).
         cpus: CPUs Ray reserves per trial; PyTorch gets ``max(1, int(cpus))`` threads.
         trial_root: the search folder ``<storage_path>/<name>`` when it is a local path (trial
             folders are ``trial_<id>`` in it); None for a URI.
-        fault_epoch: test-only fault injection (see the module docstring); None in real searches.
+        fault_epoch, fault_raise: test-only fault injection (see the module docstring); None in
+            real searches.
     """
 
     base: dict[str, Any]
-    metric: str = "val_f2"
-    mode: str = "max"
+    objective: Objective = Objective()
     cpus: float = 1.0
     trial_root: str | None = None
     fault_epoch: int | None = None
+    fault_raise: tuple[str, str] | None = None
 
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -102,29 +111,38 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     with ExitStack() as stack:
         checkpoint = tune.get_checkpoint()
         resume_from = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
-        resumed_epoch = int(read_checkpoint(resume_from)["epoch"]) if resume_from else 0
+        resumed = read_checkpoint(resume_from) if resume_from else {"epoch": 0, "history": []}
+        resumed_epoch, history = int(resumed["epoch"]), [dict(h) for h in resumed["history"]]
+        del resumed  # the checkpoint's tensors
         fault_epoch = setup.fault_epoch if resume_from is None else None
         _log_attempt(trial_dir, {**where, "pid": os.getpid(), "resumed_from_epoch": resumed_epoch})
         cache = prepare(cfg.data)
 
         def report(epoch: int, metrics: dict[str, float], folder: Path) -> None:
-            tune.report({**metrics, **where, "resumed_from_epoch": resumed_epoch, "reported_at": time.time()},
-                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            history.append(metrics)
+            tune.report({**metrics, **setup.objective.report(history), **where, "resumed_from_epoch": resumed_epoch,
+                         "reported_at": time.time()}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
             _maybe_fail(fault_epoch, epoch, trial_dir)
+            if setup.fault_raise and epoch == 1 and str(config.get(setup.fault_raise[0])) == setup.fault_raise[1]:
+                raise RuntimeError(f"injected fault: {setup.fault_raise[0]}={setup.fault_raise[1]}")
 
-        try:  # Tune runs trials in reused processes: a folder per trial, and GPU memory given back after
-            fit(cfg, workdir=Path.cwd() / f"fit_{trial_id}", report=report, resume_from=resume_from, cache=cache,
-                device=device, metric=setup.metric, mode=setup.mode)
-        finally:
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+        fit(cfg, workdir=Path.cwd() / f"fit_{trial_id}", report=report, resume_from=resume_from, cache=cache,
+            device=device, metric=setup.objective.metric, mode=setup.objective.mode)
 
 
 def fault_epoch_from_env() -> int | None:
     """``MOTORSEARCH_FAULT_EPOCH`` as an int (None when unset or empty)."""
     text = os.environ.get(FAULT_ENV, "").strip()
     return int(text) if text else None
+
+
+def fault_raise_from_env() -> tuple[str, str] | None:
+    """``MOTORSEARCH_FAULT_RAISE`` as (dotted path, value text); None when unset or empty."""
+    text = os.environ.get(FAULT_RAISE_ENV, "").strip()
+    if not text:
+        return None
+    path, _, value = text.partition("=")
+    return path.strip(), value.strip()
 
 
 def read_attempts(trial_dir: str | Path) -> list[dict[str, Any]]:

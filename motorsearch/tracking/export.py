@@ -2,9 +2,10 @@
 
 Which trial: among the children of the search (the latest search of ``--experiment``, or the
 search ``--run-id`` names) whose status is ``finished`` and that have a value of the search's
-metric, the first by :func:`motorsearch.tracking.schema.order_by` — best ``best_<metric>``
-(higher for mode max, lower for min); ties to the trial that reached it at the earlier epoch,
-then to the one that started first, then to the smaller run id. ``--run-id`` of a trial run
+objective, the first by :func:`motorsearch.tracking.schema.rank_key` — best objective
+(``best_<metric>`` by default; higher for mode max, lower for min); ties to the trial that
+reached it at the earlier epoch, then to the one that started first, then to the smaller run id.
+It is the top row of ``best`` and the best COMPLETE trial of the search's Optuna study. ``--run-id`` of a trial run
 exports that trial whatever its status.
 
 What is written: the trial's best-checkpoint model file (``checkpoints/best/model.pt``),
@@ -25,8 +26,17 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from motorsearch.errors import InputError, ModelFileError
+from motorsearch.objective import Objective
 from motorsearch.tracking import schema
-from motorsearch.tracking.leaderboard import connect, find_search, get_run, leaderboard, search_metric, top_configs
+from motorsearch.tracking.leaderboard import (
+    connect,
+    find_search,
+    finished_trials,
+    get_run,
+    leaderboard,
+    search_objective,
+    top_configs,
+)
 
 __all__ = ["CHAMPION", "Exported", "Pick", "export_best", "pick_trial", "register_model", "top_configs"]
 
@@ -73,19 +83,19 @@ def pick_trial(client: MlflowClient, *, experiment_name: str | None = None, run_
         search = run
     else:
         search = find_search(client, experiment_name)
-    metric, mode = search_metric(search)
+    objective = search_objective(search)
     table = leaderboard(client, search)
-    best = schema.best_metric(metric)
-    finished = table[(table["status"] == schema.FINISHED) & table[best].notna()]
+    finished = finished_trials(table, objective)
     name = client.get_experiment(search.info.experiment_id).name
     if finished.empty:
         counts = table["status"].fillna("unknown").value_counts().to_dict()
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
         raise InputError(f"experiment {name!r} (search run {search.info.run_id}) has no finished trial with a "
-                         f"value of {metric!r} to export ({seen}); export a given trial with --run-id.")
+                         f"value of {objective.value_key!r} to export ({seen}); export a given trial with --run-id.")
     row = finished.iloc[0]
-    return Pick(run_id=str(row["run_id"]), trial_id=str(row["trial_id"]), experiment_name=name, metric=metric,
-                mode=mode, value=float(row[best]), status=schema.FINISHED)
+    return Pick(run_id=str(row["run_id"]), trial_id=str(row["trial_id"]), experiment_name=name,
+                metric=objective.value_key, mode=objective.mode, value=float(row[objective.value_key]),
+                status=schema.FINISHED)
 
 
 def export_best(out: str | Path, *, experiment_name: str | None = None, run_id: str | None = None,
@@ -140,7 +150,7 @@ def register_model(client: MlflowClient, name: str, pick: Pick, *, sha256: str) 
     version = client.create_model_version(
         name, source=source, run_id=pick.run_id,
         tags={"sha256": sha256, "metric": pick.metric, "value": repr(pick.value), "trial_id": pick.trial_id},
-        description=f"{pick.experiment_name} trial {pick.trial_id}: best {pick.metric}={pick.value:g}")
+        description=f"{pick.experiment_name} trial {pick.trial_id}: {pick.metric}={pick.value:g}")
     client.set_registered_model_alias(name, CHAMPION, version.version)
     return str(version.version)
 
@@ -148,12 +158,12 @@ def register_model(client: MlflowClient, name: str, pick: Pick, *, sha256: str) 
 def _pick_of_trial(client: MlflowClient, run: Any) -> Pick:
     parent_id = run.data.tags.get(schema.PARENT)
     search = get_run(client, parent_id) if parent_id else None
-    metric = run.data.tags.get(schema.METRIC) or (search_metric(search)[0] if search else "")
-    mode = run.data.tags.get(schema.MODE) or (search_metric(search)[1] if search else "max")
-    value = run.data.metrics.get(schema.best_metric(metric), float("nan"))
+    objective = search_objective(search) if search else Objective(run.data.tags.get(schema.METRIC, "val_f2"),
+                                                                  run.data.tags.get(schema.MODE, "max"))
+    value = run.data.metrics.get(objective.value_key, float("nan"))
     return Pick(run_id=run.info.run_id, trial_id=run.data.tags.get(schema.TRIAL_ID, ""),
-                experiment_name=client.get_experiment(run.info.experiment_id).name, metric=metric, mode=mode,
-                value=float(value), status=run.data.tags.get(schema.STATUS, "unknown"))
+                experiment_name=client.get_experiment(run.info.experiment_id).name, metric=objective.value_key,
+                mode=objective.mode, value=float(value), status=run.data.tags.get(schema.STATUS, "unknown"))
 
 
 def _download_best(client: MlflowClient, run_id: str, folder: Path) -> Path:

@@ -1,9 +1,9 @@
 """Reading a search back from MLflow: which search, its ranked trials, and parameter importance.
 
-The ranking is :func:`motorsearch.tracking.schema.order_by` (best value of the search's metric
-over a trial's epochs; ties to the earlier epoch, then the earlier trial), done by MLflow
-itself through ``mlflow.search_runs(order_by=...)`` so that the leaderboard, ``best`` and
-``export`` agree with what the MLflow UI shows when sorted by ``best_<metric>``.
+The ranking is :func:`motorsearch.tracking.schema.rank_key` (finished trials first, then by the
+search's objective, e.g. ``best_val_f2``; ties to the earlier epoch, then the earlier trial): MLflow
+orders by the objective itself (``mlflow.search_runs(order_by=schema.order_by(...))``, as the
+MLflow UI does when sorted by that column) and the status groups are kept in that order.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from motorsearch.errors import InputError
+from motorsearch.errors import ConfigError, InputError
+from motorsearch.objective import Objective
 from motorsearch.registry import did_you_mean
 from motorsearch.tracking import schema
-from motorsearch.tracking.uri import check_tracking_uri, describe_origin, resolve_tracking_uri
+from motorsearch.tracking.uri import ENV_VAR, check_tracking_uri, describe_origin, resolve_tracking_uri
 
 RANKED_STATUSES = (schema.FINISHED, schema.EARLY_STOPPED)  # trials that enter the importance study
 
@@ -78,38 +79,48 @@ def get_run(client: MlflowClient, run_id: str) -> Any:
 def leaderboard(client: MlflowClient, search: Any) -> pd.DataFrame:
     """Every trial of the search ``search`` (its parent run), best first.
 
-    Columns: ``rank`` (1 = best), ``run_id``, ``trial_id``, ``status``, ``best_<metric>``,
-    ``best_epoch``, ``last_epoch``, then one column per sampled parameter (MLflow's string
-    form). Trials without a value of the metric (errored before validating) come last.
+    Columns: ``rank`` (1 = best), ``run_id``, ``trial_id``, ``status``, the objective (e.g.
+    ``best_val_f2``) and its epoch (``best_epoch``), ``last_epoch``, then one column per sampled
+    parameter (MLflow's string form). Within a status, trials without a value of the objective
+    (errored before validating) come last.
     """
-    metric, mode = search_metric(search)
+    objective = search_objective(search)
     experiment = client.get_experiment(search.info.experiment_id)
     with _tracking_uri(client.tracking_uri):
         frame = mlflow.search_runs(
             experiment_names=[experiment.name],
             filter_string=f"tags.mlflow.parentRunId = '{search.info.run_id}'",
-            order_by=schema.order_by(metric, mode))
-    best = schema.best_metric(metric)
+            order_by=schema.order_by(objective.value_key, objective.epoch_key, objective.mode))
+    value = objective.value_key
     columns = {"run_id": "run_id", f"tags.{schema.TRIAL_ID}": "trial_id", f"tags.{schema.STATUS}": "status",
-               f"metrics.{best}": best, f"metrics.{schema.BEST_EPOCH}": schema.BEST_EPOCH,
+               f"metrics.{value}": value, f"metrics.{objective.epoch_key}": objective.epoch_key,
                f"metrics.{schema.LAST_EPOCH}": schema.LAST_EPOCH}
     table = pd.DataFrame({new: frame[old] if old in frame else pd.Series([math.nan] * len(frame), dtype=float)
                           for old, new in columns.items()})
     for column in sorted(c for c in frame.columns if c.startswith("params.")):
         table[column.removeprefix("params.")] = frame[column]
-    table = table.sort_values(best, key=lambda v: v.isna(), kind="stable").reset_index(drop=True)
+    group = table["status"].map(lambda status: schema.STATUS_RANK.get(status, len(schema.STATUS_RANK)))
+    table = (table.assign(_group=group, _missing=table[value].isna())
+             .sort_values(["_group", "_missing"], kind="stable").drop(columns=["_group", "_missing"])
+             .reset_index(drop=True))
     table.insert(0, "rank", range(1, len(table) + 1))
     return table
 
 
-def search_metric(search: Any) -> tuple[str, str]:
-    """(metric, mode) recorded on a search's parent run."""
+def search_objective(search: Any) -> Objective:
+    """The objective recorded on a search's parent run (tags metric, mode, objective)."""
     tags = search.data.tags
-    metric, mode = tags.get(schema.METRIC), tags.get(schema.MODE)
-    if not metric or mode not in ("max", "min"):
+    try:
+        return Objective(tags.get(schema.METRIC) or "", tags.get(schema.MODE) or "",
+                         tags.get(schema.OBJECTIVE, "best"))
+    except ConfigError:
         raise InputError(f"run {search.info.run_id} is not a motorsearch search run (tags {schema.METRIC}/"
-                         f"{schema.MODE} missing).")
-    return metric, mode
+                         f"{schema.MODE}/{schema.OBJECTIVE} missing or wrong).") from None
+
+
+def finished_trials(table: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    """The rows of :func:`leaderboard` that ``export`` may pick, best first: finished, with a value."""
+    return table[(table["status"] == schema.FINISHED) & table[objective.value_key].notna()]
 
 
 def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -> list[dict[str, Any]]:
@@ -123,8 +134,8 @@ def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -
     client = connect(tracking_uri)
     search = find_search(client, experiment_name)
     table = leaderboard(client, search)
-    best = schema.best_metric(search_metric(search)[0])
-    ranked = table[table["status"].isin(RANKED_STATUSES) & table[best].notna()]
+    value = search_objective(search).value_key
+    ranked = table[table["status"].isin(RANKED_STATUSES) & table[value].notna()]
     configs = []
     for run_id in ranked["run_id"].head(k):
         configs.append(json.loads(client.get_run(run_id).data.tags.get(schema.PARAMS_JSON, "{}")))
@@ -134,13 +145,12 @@ def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -
 # ---------------------------------------------------------------------- end of search
 
 
-def log_search_summary(client: MlflowClient, parent_run_id: str, *, metric: str, mode: str,
+def log_search_summary(client: MlflowClient, parent_run_id: str, *, objective: Objective,
                        study_storage: str | None = None, study_name: str | None = None) -> None:
     """Log ``leaderboard.csv``, ``pictures/param_importance.png`` and tag ``best_run_id`` on the parent."""
     search = client.get_run(parent_run_id)
     table = leaderboard(client, search)
-    best = schema.best_metric(metric)
-    finished = table[(table["status"] == schema.FINISHED) & table[best].notna()]
+    finished = finished_trials(table, objective)
     if len(finished):
         client.set_tag(parent_run_id, schema.BEST_RUN, str(finished["run_id"].iloc[0]))
     with tempfile.TemporaryDirectory(prefix="motorsearch-search-") as tmp:
@@ -149,7 +159,7 @@ def log_search_summary(client: MlflowClient, parent_run_id: str, *, metric: str,
         client.log_artifact(parent_run_id, str(csv))
         study = load_study(study_storage, study_name) if study_storage and study_name else None
         if study is None or not _complete_trials(study):
-            study = importance_study(client, table, mode=mode, metric=metric)
+            study = importance_study(client, table, objective=objective)
         if study is not None:
             picture = param_importance_png(study, Path(tmp) / "param_importance.png")
             if picture is not None:
@@ -166,11 +176,11 @@ def load_study(storage: str, name: str) -> Any:
         return None
 
 
-def importance_study(client: MlflowClient, table: pd.DataFrame, *, mode: str, metric: str) -> Any:
+def importance_study(client: MlflowClient, table: pd.DataFrame, *, objective: Objective) -> Any:
     """An in-memory Optuna study rebuilt from the child runs, or None with fewer than 2 usable trials.
 
     Used when the search's own study is not available (no persistent storage). Each finished or
-    early-stopped trial becomes a COMPLETE trial with value ``best_<metric>`` and its sampled
+    early-stopped trial becomes a COMPLETE trial with the objective as value and its sampled
     parameters (typed, from the ``motorsearch.params_json`` tag). Distributions are inferred
     from the values seen: strings/bools -> categorical; ints -> int range; floats -> float range,
     log-scaled when all are positive and span at least a factor 100. Parameters that never vary
@@ -178,15 +188,14 @@ def importance_study(client: MlflowClient, table: pd.DataFrame, *, mode: str, me
     """
     import optuna
 
-    best = schema.best_metric(metric)
-    rows = table[table["status"].isin(RANKED_STATUSES) & table[best].notna()]
+    rows = table[table["status"].isin(RANKED_STATUSES) & table[objective.value_key].notna()]
     samples = [(json.loads(client.get_run(run_id).data.tags.get(schema.PARAMS_JSON, "{}")), float(value))
-               for run_id, value in zip(rows["run_id"], rows[best], strict=True)]
+               for run_id, value in zip(rows["run_id"], rows[objective.value_key], strict=True)]
     samples = [(params, value) for params, value in samples if math.isfinite(value)]
     distributions = _infer_distributions([params for params, _ in samples])
     if len(samples) < 2 or not distributions:
         return None
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    study = optuna.create_study(direction=objective.direction)
     for params, value in samples:
         kept = {k: v for k, v in params.items() if k in distributions}
         study.add_trial(optuna.trial.create_trial(
@@ -249,8 +258,17 @@ def _complete_trials(study: Any) -> list[Any]:
 @contextlib.contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
     """``mlflow.search_runs`` reads the global tracking URI: set it for the call, then restore it
-    (MLflow's own helper for this is private; mlflow is pinned below 3.19 in pyproject.toml)."""
+    (MLflow's own helper for this is private; mlflow is pinned below 3.19 in pyproject.toml).
+    MLflow mirrors the global URI into ``MLFLOW_TRACKING_URI`` and unsets the variable when it
+    restores "no URI": the user's variable is put back as it was."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(uri):
-        yield
+    before = os.environ.get(ENV_VAR)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before

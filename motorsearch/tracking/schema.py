@@ -50,23 +50,32 @@ SPACE_ARTIFACT_DIR = "space"
 LEADERBOARD_CSV = "leaderboard.csv"
 IMPORTANCE_PNG = "pictures/param_importance.png"
 
-# child summary metrics (logged once, when the trial ends)
-BEST_EPOCH = "best_epoch"
+# child summary metrics (logged once, when the trial ends): the objective (``Objective.value_key``,
+# e.g. ``best_val_f2``, and ``Objective.epoch_key``) and the trial's last epoch
 LAST_EPOCH = "last_epoch"
+OBJECTIVE = "motorsearch.objective"  # parent tag: best | last (absent on searches before it existed: best)
+
+# Trials that trained all their epochs rank first: only they can be exported, and only they are
+# COMPLETE in the Optuna study. A trial whose Optuna trial is WAITING shows as interrupted.
+STATUS_RANK = {FINISHED: 0, EARLY_STOPPED: 1, INTERRUPTED: 2, TRIAL_RUNNING: 2, ERRORED: 3}
 
 
-def best_metric(metric: str) -> str:
-    """Name of the child-run metric holding the trial's best value of ``metric`` over its epochs."""
-    return f"best_{metric}"
+def rank_key(status: str, value: float | None, epoch: int | None, mode: str) -> tuple:
+    """The ranking rule of trials, as a sort key.
 
-
-def order_by(metric: str, mode: str) -> list[str]:
-    """The ranking rule of trials, as MLflow ``order_by`` clauses.
-
-    Best value of the search's metric over the trial's epochs first (descending for mode "max",
-    ascending for "min"); ties go to the trial that reached it at the earlier epoch (cheaper to
-    reproduce), then to the trial that started first, then to the smaller run id.
+    Status first (:data:`STATUS_RANK`), then the objective (higher first for mode "max"; trials
+    without a value last), ties to the trial that reached it at the earlier epoch (cheaper to
+    reproduce), then to the trial that started first (the caller's order; :func:`order_by` for
+    MLflow, which adds the smaller run id last).
     """
+    missing = value is None or value != value
+    sign = -1.0 if mode == "max" else 1.0
+    return (STATUS_RANK.get(status, len(STATUS_RANK)), missing, 0.0 if missing else sign * value,
+            epoch if epoch is not None else 0)
+
+
+def order_by(value_key: str, epoch_key: str, mode: str) -> list[str]:
+    """:func:`rank_key` after the status, as MLflow ``order_by`` clauses (the caller sorts by status)."""
     direction = "DESC" if mode == "max" else "ASC"
-    return [f"metrics.`{best_metric(metric)}` {direction}", f"metrics.`{BEST_EPOCH}` ASC",
+    return [f"metrics.`{value_key}` {direction}", f"metrics.`{epoch_key}` ASC",
             "attributes.start_time ASC", "attributes.run_id ASC"]

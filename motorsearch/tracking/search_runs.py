@@ -8,11 +8,15 @@ server, so no artifact lands on a worker's local disk.
 
 Use::
 
-    with SearchRun.start(name=space.name, metric="val_f2", mode="max", space_file=path,
+    with SearchRun.start(name=space.name, objective=space.objective, space_file=path,
                          tracking_uri=uri, ray_address=address, storage_path=storage) as search:
-        callback = search.trial_callback(max_epochs=space.max_epochs,
-                                         resolve_config=lambda values: ...)  # -> full config dict
+        callback = search.trial_callback(resolve_config=lambda values: ...)  # -> full config dict
         Tuner(..., run_config=RunConfig(callbacks=[callback])).fit()
+
+A trial's summary (``best_val_f2`` and ``best_epoch`` for ``objective: best``, see
+:mod:`motorsearch.objective`) is the objective the trial itself reported last: it covers every
+epoch the trial trained, those before a restart or a resumed search included. The uploaded
+``checkpoints/best/model.pt`` is the checkpoint of that epoch.
 
 A trial's final status (tag ``motorsearch.status``):
 
@@ -45,7 +49,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from motorsearch import __version__
-from motorsearch.errors import InputError
+from motorsearch.objective import Objective, is_better
 from motorsearch.tracking import schema
 from motorsearch.tracking.uri import check_tracking_uri, describe_origin, resolve_tracking_uri
 
@@ -77,8 +81,7 @@ class SearchRun:
     experiment_id: str
     experiment_name: str
     run_id: str
-    metric: str
-    mode: str
+    objective: Objective
     callbacks: list[TrialTracker] = field(default_factory=list, repr=False)
     # read by ``finish`` when called without arguments (e.g. by ``with``): set them once known
     study_storage: str | None = None
@@ -86,7 +89,7 @@ class SearchRun:
     status: str | None = None  # e.g. "interrupted" when the runner caught Ctrl-C itself
 
     @classmethod
-    def start(cls, *, name: str, metric: str, mode: str, space_file: str | Path | None = None,
+    def start(cls, *, name: str, objective: Objective, space_file: str | Path | None = None,
               tracking_uri: str | None = None, ray_address: str | None = None,
               storage_path: str | None = None, resume: bool = False) -> SearchRun:
         """Open (or with ``resume``, reopen the latest) parent run in experiment ``name``.
@@ -94,8 +97,6 @@ class SearchRun:
         ``tracking_uri`` is resolved by :func:`~motorsearch.tracking.uri.resolve_tracking_uri`
         and checked (an unreachable server raises InputError within seconds).
         """
-        if mode not in ("max", "min"):
-            raise InputError(f"`mode` must be max or min, but got mode={mode!r}.")
         uri = resolve_tracking_uri(tracking_uri)
         check_tracking_uri(uri, origin=describe_origin(tracking_uri, explicit_origin="the space file's "
                                                                                      "`tracking_uri`"))
@@ -108,7 +109,8 @@ class SearchRun:
             run_id = parent.info.run_id
         else:
             tags = {schema.ROLE: schema.ROLE_SEARCH, schema.STATUS: schema.SEARCH_RUNNING,
-                    schema.METRIC: metric, schema.MODE: mode, schema.CODE_VERSION: __version__,
+                    schema.METRIC: objective.metric, schema.MODE: objective.mode, schema.OBJECTIVE: objective.kind,
+                    schema.CODE_VERSION: __version__,
                     schema.RAY_ADDRESS: ray_address or "local", schema.STORAGE_PATH: str(storage_path or "")}
             commit = git_commit()
             if commit:
@@ -121,17 +123,23 @@ class SearchRun:
             if space_file is not None:
                 client.log_artifact(run_id, str(space_file), schema.SPACE_ARTIFACT_DIR)
         return cls(tracking_uri=uri, experiment_id=experiment_id, experiment_name=name, run_id=run_id,
-                   metric=metric, mode=mode)
+                   objective=objective)
 
     def trial_callback(self, *, max_epochs: int | None = None,
                        resolve_config: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                        validation_tomograms: Callable[[Any], Sequence[Any]] | None = validation_tomograms_from_cache,
                        validation_n: int = 3, background: bool = True) -> TrialTracker:
-        """The Ray Tune callback that makes this search's child runs; pass it in ``RunConfig(callbacks=[...])``."""
+        """The Ray Tune callback that makes this search's child runs; pass it in ``RunConfig(callbacks=[...])``.
+
+        Each new child run's id goes to its Optuna trial (user attribute ``mlflow_run_id``) when
+        ``study_storage``/``study_name`` are set.
+        """
+        study = (self.study_storage, self.study_name) if self.study_storage and self.study_name else None
         callback = TrialTracker(
             tracking_uri=self.tracking_uri, experiment_id=self.experiment_id, parent_run_id=self.run_id,
-            metric=self.metric, mode=self.mode, max_epochs=max_epochs, resolve_config=resolve_config,
-            validation_tomograms=validation_tomograms, validation_n=validation_n, background=background)
+            objective=self.objective, max_epochs=max_epochs, resolve_config=resolve_config,
+            validation_tomograms=validation_tomograms, validation_n=validation_n, background=background,
+            study=study)
         self.callbacks.append(callback)
         return callback
 
@@ -153,7 +161,7 @@ class SearchRun:
             callback.close()
         client = MlflowClient(self.tracking_uri)
         try:
-            leaderboard.log_search_summary(client, self.run_id, metric=self.metric, mode=self.mode,
+            leaderboard.log_search_summary(client, self.run_id, objective=self.objective,
                                            study_storage=study_storage, study_name=study_name)
         except Exception as exc:  # the search itself is done; a summary failure must not hide that
             logger.warning("could not log the leaderboard of search run %s: %s", self.run_id, exc)
@@ -184,6 +192,7 @@ class _Trial:
     target_epochs: int | None
     last_epoch: int = 0
     last_value: float = math.nan
+    objective: tuple[float, int] | None = None  # (value, epoch) as the trial last reported it
     checkpoints: list[tuple[int, float, Any]] = field(default_factory=list)  # (epoch, metric, ray Checkpoint)
     restarts: int = 0
     ended: bool = False
@@ -196,23 +205,25 @@ class TrialTracker(Callback):
       with their types, ``config.yaml`` = ``resolve_config(trial.config)``;
     - each result: every numeric metric with step = the result's ``epoch``;
     - each checkpoint: remembered with its epoch and metric value (nothing uploaded yet);
-    - end: ``best_<metric>``/``best_epoch``/``last_epoch``; the best and the last checkpoint's model
-      file (+ ``.sha256``); ``pictures/training_curves.png``; ``pictures/validation.png``; the
+    - end: the objective the trial last reported (``best_<metric>``/``best_epoch`` by default) and
+      ``last_epoch``; the model file (+ ``.sha256``) of the objective's epoch as the best model,
+      and of the last checkpoint; ``pictures/training_curves.png``; ``pictures/validation.png``; the
       status tag. This part runs on a background thread (``background=True``) so the Tune loop
       is not held up by uploads and inference; :meth:`close` waits for it.
     """
 
-    def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, mode: str,
+    def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, objective: Objective,
                  max_epochs: int | None = None,
                  resolve_config: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                  validation_tomograms: Callable[[Any], Sequence[Any]] | None = None,
-                 validation_n: int = 3, background: bool = True):
+                 validation_n: int = 3, background: bool = True, study: tuple[str, str] | None = None):
         if max_epochs is not None and max_epochs < 1:
             raise ValueError(f"max_epochs must be at least 1, but got max_epochs={max_epochs}.")
         if validation_n < 1:
             raise ValueError(f"validation_n must be at least 1, but got validation_n={validation_n}.")
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.objective, self.max_epochs, self.study = objective, max_epochs, study
+        self.metric, self.mode = objective.metric, objective.mode
         self.resolve_config, self.validation_tomograms, self.validation_n = (
             resolve_config, validation_tomograms, validation_n)
         self.background = background
@@ -249,6 +260,9 @@ class TrialTracker(Callback):
         record.last_epoch = epoch
         value = result.get(self.metric)
         record.last_value = float(value) if _is_number(value) else math.nan
+        objective, objective_epoch = result.get(self.objective.value_key), result.get(self.objective.epoch_key)
+        if _is_number(objective) and _is_number(objective_epoch):
+            record.objective = (float(objective), int(objective_epoch))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         record = self._open(trial)
@@ -309,6 +323,10 @@ class TrialTracker(Callback):
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=str(trial)).info.run_id
             self.client.log_batch(run_id, params=[Param(str(k), _param_text(v)) for k, v in sorted(params.items())])
             self.client.log_text(run_id, yaml.safe_dump(_plain(resolved), sort_keys=False), schema.CONFIG_ARTIFACT)
+            if self.study is not None:
+                from motorsearch.search.study import link_run
+
+                link_run(*self.study, trial.trial_id, run_id)
         record = self._trials[trial.trial_id] = _Trial(run_id=run_id, target_epochs=target)
         return record
 
@@ -332,9 +350,7 @@ class TrialTracker(Callback):
         if record.ended:
             return
         record.ended = True
-        checkpoints = list(record.checkpoints)
-        if not checkpoints and getattr(trial, "checkpoint", None) is not None:  # e.g. a restored experiment
-            checkpoints = [(record.last_epoch, record.last_value, trial.checkpoint)]
+        checkpoints = _kept_checkpoints(trial, self.metric) or list(record.checkpoints)
         job = (record, status, checkpoints, error)
         if not self.background:
             self._finalize(*job)
@@ -362,17 +378,24 @@ class TrialTracker(Callback):
                        tmp: Path) -> None:
         from motorsearch.tracking.pictures import training_curves_png, validation_png
 
-        # Ray may have deleted some checkpoints (CheckpointConfig.num_to_keep): take the best / the
-        # newest that still exists, and report the value of the one actually uploaded.
-        best, best_file = _stage_first(_ranked(checkpoints, self.mode), tmp / "best")
+        # The objective's epoch first; should its checkpoint be gone, the next best that still exists.
+        objective_epoch = record.objective[1] if record.objective else None
+        ordered = _ranked(checkpoints, self.mode)
+        if self.objective.kind == "last" or objective_epoch is None:
+            ordered = sorted(checkpoints, key=lambda item: -item[0])
+        ordered.sort(key=lambda item: item[0] != objective_epoch)  # stable: the rest keep their order
+        best, best_file = _stage_first(ordered, tmp / "best")
         last, _ = _stage_first(sorted(checkpoints, key=lambda item: -item[0]), tmp / "last")
         now = int(time.time() * 1000)
         summary = [Metric(schema.LAST_EPOCH, float(record.last_epoch), now, record.last_epoch)]
-        if best is not None:
-            epoch, value, _ = best
-            summary += [Metric(schema.best_metric(self.metric), value, now, epoch),
-                        Metric(schema.BEST_EPOCH, float(epoch), now, epoch)]
+        if record.objective is not None:
+            value, epoch = record.objective
+            summary += [Metric(self.objective.value_key, value, now, record.last_epoch),
+                        Metric(self.objective.epoch_key, float(epoch), now, record.last_epoch)]
         client.log_batch(run_id, metrics=summary)
+        if best is not None and best[0] != objective_epoch:
+            client.set_tag(run_id, schema.ARTIFACT_ERROR, f"the checkpoint of epoch {objective_epoch} is gone; "
+                                                          f"{schema.BEST_MODEL} is epoch {best[0]}'s")
         if best_file is None and last is not None:  # no epoch with a value of the metric
             best_file = tmp / "last" / MODEL_FILE
         if best_file is not None:
@@ -437,9 +460,33 @@ def _latest_search(client: MlflowClient, experiment_id: str) -> Any:
 
 
 def _ranked(checkpoints: list, mode: str) -> list[tuple[int, float, Any]]:
-    """Checkpoints with a finite metric, best first (earliest epoch on ties)."""
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted((item for item in checkpoints if math.isfinite(item[1])), key=lambda item: (sign * item[1], item[0]))
+    """Checkpoints with a finite metric, best first, ties as :func:`motorsearch.objective.is_better` breaks them."""
+    ranked: list[tuple[int, float, Any]] = []
+    for item in sorted(checkpoints, key=lambda item: item[0]):  # epoch order, so a tie goes to the later one
+        if not math.isfinite(item[1]):
+            continue
+        place = next((i for i, other in enumerate(ranked) if is_better(item[1], other[1], mode)), len(ranked))
+        ranked.insert(place, item)
+    return ranked
+
+
+def _kept_checkpoints(trial: Any, metric: str) -> list[tuple[int, float, Any]]:
+    """(epoch, metric value, checkpoint) of every checkpoint Tune still keeps for ``trial``: its own
+    bookkeeping, which a resumed search restores, unlike what this driver saw."""
+    try:
+        manager = trial.run_metadata.checkpoint_manager
+        results = list(manager.best_checkpoint_results)
+        if manager.latest_checkpoint_result is not None and manager.latest_checkpoint_result not in results:
+            results.append(manager.latest_checkpoint_result)
+    except AttributeError:  # not a Tune trial (tests) or another Ray version: use what the driver saw
+        return []
+    kept = []
+    for result in results:
+        metrics = result.metrics or {}
+        if "epoch" in metrics:
+            value = metrics.get(metric)
+            kept.append((int(metrics["epoch"]), float(value) if _is_number(value) else math.nan, result.checkpoint))
+    return kept
 
 
 def _stage_first(candidates: list, folder: Path) -> tuple[tuple[int, float, Any] | None, Path | None]:
@@ -475,7 +522,7 @@ def _history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
     run = client.get_run(run_id)
     by_epoch: dict[int, dict[str, float]] = {}
     for key in run.data.metrics:
-        if key.startswith("best_") or key in (schema.BEST_EPOCH, schema.LAST_EPOCH):
+        if key.startswith(("best_", "last_")):  # the objective and the epochs: summaries, not curves
             continue
         for point in client.get_metric_history(run_id, key):
             by_epoch.setdefault(point.step, {"epoch": point.step})[key] = point.value

@@ -11,7 +11,7 @@ group, as for one batch that many times larger. Gradients are unscaled (fp16) an
 just before ``optimizer.step``. The learning rate follows ``schedule.lr_factor`` per optimizer
 step. Validation runs every ``validation.every`` epochs and always on the last one.
 
-Metrics reported each validation epoch (floats): ``epoch``, ``train_loss`` (mean micro-batch
+Metrics reported each validation epoch (floats; the names are ``objective.REPORTED_METRICS``): ``epoch``, ``train_loss`` (mean micro-batch
 loss of the epoch), ``lr`` (the head's learning rate at the epoch's end), ``val_f2``,
 ``val_precision``, ``val_recall``, ``val_threshold``, ``val_loss``, ``val_dice``,
 ``val_topk_acc`` (see ``evaluation.validate``), ``epoch_time_s``. ``val_threshold`` is
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from motorsearch.config import ExperimentConfig, from_dict
 from motorsearch.errors import DataError, TrainingDiverged
+from motorsearch.objective import Objective, is_better
 from motorsearch.training.checkpoint import (
     MODEL_FILE,
     checkpoint_name,
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
 
 ReportFn = Callable[[int, dict[str, float], Path], None]  # (epoch, metrics, checkpoint_dir)
 THRESHOLD_STAND_IN = 1.0
-METRICS = ("epoch", "train_loss", "lr", "val_f2", "val_precision", "val_recall", "val_threshold", "val_loss",
-           "val_dice", "val_topk_acc", "epoch_time_s")
 CHECKPOINTS = "checkpoints"
 
 
@@ -147,10 +146,7 @@ def fit(
     from motorsearch.losses import build_loss
     from motorsearch.model import build_model
 
-    if mode not in ("max", "min"):
-        raise ValueError(f"`mode` must be max or min, but got mode={mode!r}.")
-    if metric not in METRICS:
-        raise ValueError(f"`metric` must be one of {', '.join(METRICS)}, but got metric={metric!r}.")
+    Objective(metric, mode)  # checks both (ConfigError)
     workdir = Path(workdir)
     torch_device = select_device(device if device is not None else cfg.device)
     precision = select_precision(cfg.optim.precision, torch_device)
@@ -309,11 +305,7 @@ def _prune(checkpoints: Path, *, keep: set[Path | None]) -> None:
 
 
 class _BestTracker:
-    """The best epoch so far by one metric; NaN is never best.
-
-    A tie goes to the later epoch: it has trained longer, and on a small validation fold F2 often
-    saturates (1.0 from an early epoch on) while the heatmaps keep improving.
-    """
+    """The best epoch so far by one metric, by :func:`motorsearch.objective.is_better`."""
 
     def __init__(self, metric: str, mode: str):
         self.metric, self.mode = metric, mode
@@ -326,9 +318,7 @@ class _BestTracker:
         if self.metric not in metrics:
             raise KeyError(f"`metric` {self.metric!r} is not among the metrics: {', '.join(sorted(metrics))}.")
         value = float(metrics[self.metric])
-        if math.isnan(value):
-            return False
-        better = self.value is None or (value >= self.value if self.mode == "max" else value <= self.value)
+        better = is_better(value, self.value, self.mode)
         if better:
             self.value, self.epoch, self.metrics = value, epoch, dict(metrics)
         return better
