@@ -1,10 +1,16 @@
-# The two Quick-start commands. Each creates .venv/ on first use and reinstalls when
-# pyproject.toml changes, so a fresh clone needs nothing else.
+# The Quick-start commands. Each creates .venv/ on first use and reinstalls when pyproject.toml
+# changes, so a fresh clone needs nothing else. The dashboard targets run in the foreground
+# (Ctrl+C stops them); each serves on 127.0.0.1 only.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# what the dashboards open: the tracking database and the study `make demo` writes (override on the command line)
+TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+SEARCH ?= demo
+STUDY ?= sqlite:///$(CURDIR)/runs/$(SEARCH)/optuna.db
+RAY_DASHBOARD_PORT ?= 8265
 
-.PHONY: demo test bench study
+.PHONY: demo test bench study mlflow-ui optuna-dashboard ray-start ray-stop
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -12,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# optuna-dashboard is an optional extra: installed on first use
+$(VENV)/.dashboards: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e ".[test,dashboards]"
+	touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/python -m motorsearch run search_spaces/demo.yaml
 
-test: $(STAMP)
+test: $(VENV)/.dashboards
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
@@ -23,3 +34,18 @@ bench: $(STAMP)
 
 study: $(STAMP)
 	$(VENV)/bin/python -m experiments.search_efficiency.study
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000
+
+optuna-dashboard: $(VENV)/.dashboards
+	$(VENV)/bin/optuna-dashboard $(STUDY) --host 127.0.0.1 --port 8080
+
+# A Ray head that outlives searches: run them with --address auto. Token auth is on (Ray 2.60's default).
+ray-start: $(STAMP)
+	$(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) --disable-usage-stats
+	@echo "Ray dashboard: http://127.0.0.1:$(RAY_DASHBOARD_PORT)  token: $$($(VENV)/bin/ray get-auth-token 2>/dev/null || echo '(token auth is off)')"
+
+# Stops every Ray process of this user on this machine (Ray's own `ray stop`).
+ray-stop: $(STAMP)
+	$(VENV)/bin/ray stop

@@ -106,8 +106,8 @@ def test_link_run_records_the_mlflow_run_on_the_running_trial(searcher_and_url, 
     searcher, url = searcher_and_url
     searcher.suggest("a")
     searcher.suggest("b")
-    assert link_run(url, "tiny", "b", "run-b") and not link_run(url, "tiny", "zz", "run-z")
+    assert link_run(url, "tiny", "b", "run-b") == 1 and link_run(url, "tiny", "zz", "run-z") is None  # trial numbers
     study = optuna.load_study(study_name="tiny", storage=url)
     assert [t.user_attrs.get(MLFLOW_RUN_ID) for t in study.trials] == [None, "run-b"]
-    assert not link_run(f"sqlite:///{tmp_path}/missing.db", "tiny", "b", "x")
+    assert link_run(f"sqlite:///{tmp_path}/missing.db", "tiny", "b", "x") is None
     assert not (tmp_path / "missing.db").exists()

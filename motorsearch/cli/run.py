@@ -6,10 +6,13 @@ Flags replace the space file's values; ``--set`` overrides the base experiment (
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from motorsearch.cli import add_overrides
+
+OPTUNA_DASHBOARD = "http://127.0.0.1:8080"  # where optuna-dashboard serves by default
 
 if TYPE_CHECKING:
     from motorsearch.search.runner import SearchOutcome
@@ -78,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"the epoch budget is spent: {outcome.spent_epochs} trial-epochs (budget {space.budget_epochs}) "
               f"over {len(outcome.leaderboard)} trials")
     print(f"results: {outcome.experiment_path}")
-    print(f"optuna study: optuna-dashboard {outcome.study_storage}")
-    print(f"mlflow: experiment {space.name!r} at {search.tracking_uri} (search run {search.run_id}); "
-          f"open with `mlflow ui` in this folder, or `python -m motorsearch best --experiment {space.name}`")
+    print(dashboards_message(space, outcome, search))
     if not outcome.complete:
         print(f"the search was interrupted; continue it with: python -m motorsearch run {args.space} --resume"
               + (f" --name {space.name}" if args.name else "")
@@ -89,6 +90,43 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         print(f"{len(errors)} trial(s) failed; their errors are in <trial folder>/error.txt, e.g. {errors[0].path}")
     return 0 if outcome.best is not None else 1
+
+
+def dashboards_message(space: SearchSpace, outcome: SearchOutcome, search: SearchRun) -> str:
+    """Where to look at a search that ended: each command as it works from the current directory."""
+    from motorsearch.search.cluster import env_command
+
+    lines = [f"mlflow: experiment {space.name!r}, search run {search.run_id}, tracking URI {search.tracking_uri}"]
+    if search.ui_command:
+        lines.append(f"  serve it:   {search.ui_command}")
+    lines += [f"  runs table: {search.runs_url}",
+              f"  or in the terminal: python -m motorsearch best --experiment {space.name}"]
+    dashboard = env_command("optuna-dashboard")
+    lines.append(f"optuna study: {dashboard} {outcome.study_storage}   (then open {OPTUNA_DASHBOARD})")
+    if "/" not in dashboard and shutil.which(dashboard) is None:
+        lines.append("  optuna-dashboard is not installed: `make optuna-dashboard` in the motorsearch checkout installs "
+                     "and starts it, or pip install the extra motorsearch[dashboards]")
+    cluster = outcome.cluster
+    if cluster is not None and cluster.started_here:
+        lines.append("Ray dashboard: closed with the search's local Ray; `make ray-start` keeps one open for the "
+                     "searches you run with --address auto")
+    elif cluster is not None and cluster.dashboard_url:
+        lines.append(f"Ray dashboard: {cluster.dashboard_url} (the cluster keeps running)")
+    return "\n".join(lines)
+
+
+def search_settings(space: SearchSpace, space_file: str | Path) -> dict[str, Any]:
+    """How a search runs, as the parameters of its MLflow parent run."""
+    scheduler = space.scheduler
+    if scheduler.type == "asha":
+        described = (f"asha(grace_period={scheduler.grace_period}, "
+                     f"reduction_factor={scheduler.reduction_factor:g})")
+    else:
+        described = scheduler.type
+    return {"space_file": Path(space_file).name, "sampler": space.searcher.sampler, "seed": space.searcher.seed,
+            "n_startup_trials": space.searcher.n_startup_trials, "scheduler": described,
+            "max_epochs": space.max_epochs, "num_samples": space.num_samples, "budget_epochs": space.budget_epochs,
+            "max_concurrent": space.max_concurrent, "resources": space.resources.as_ray()}
 
 
 def tracked_search(space: SearchSpace, *, space_file: str | Path, points_to_evaluate: list[dict] | None = None,
@@ -102,6 +140,7 @@ def tracked_search(space: SearchSpace, *, space_file: str | Path, points_to_eval
 
     # Opened before Ray starts, so an unreachable tracking server fails in seconds, not after training.
     with SearchRun.start(name=space.name, objective=space.objective, space_file=space_file,
+                         settings=search_settings(space, space_file),
                          tracking_uri=space.tracking_uri, ray_address=space.address or "local",
                          storage_path=space.storage_path, resume=resume) as search:
         search.study_storage, search.study_name = study_url(space), space.name

@@ -12,15 +12,19 @@
 
 Ray 2.60 turns token authentication on for new local clusters: the dashboard answers 401 until
 the browser is given the token ``ray get-auth-token`` prints. ``RAY_AUTH_MODE=disabled`` in the
-environment before the search starts switches it off.
+environment before the search starts switches it off. A local Ray started by the search ends with
+it, and its dashboard too; ``make ray-start`` keeps one running that ``--address auto`` joins.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from motorsearch.errors import InputError
 from motorsearch.search.space import Resources, is_uri
@@ -120,16 +124,38 @@ def check_storage(storage_path: str, *, shared: bool, nodes: Sequence[Node]) -> 
 
 
 def dashboard_message(info: ClusterInfo) -> str:
-    """What to print about the dashboard: its URL and how to get in."""
+    """What to print about the dashboard: its URL (with the port it really took) and how to get in."""
     if not info.dashboard_url:
         return "Ray dashboard: not available (install ray[default] for it)."
+    port = urlsplit(info.dashboard_url).port
     lines = [f"Ray dashboard: {info.dashboard_url}"]
     if info.token_auth:
-        lines.append("  token authentication is on: open the URL and paste the token printed by "
-                     "`ray get-auth-token` (set RAY_AUTH_MODE=disabled before starting to switch it off).")
+        lines.append(f"  token authentication is on: open the URL and paste the token printed by "
+                     f"`{env_command('ray')} get-auth-token` (set RAY_AUTH_MODE=disabled before starting to switch "
+                     "it off).")
     if info.started_here:
-        lines.append("  (bound to 127.0.0.1; from another machine: ssh -L 8265:127.0.0.1:8265 <this host>)")
+        lines.append(f"  bound to 127.0.0.1; from another machine: ssh -L {port}:127.0.0.1:{port} <this host>")
+        lines.append("  it closes when the search ends; to keep one open, start Ray with `make ray-start` and run "
+                     "the search with --address auto")
     return "\n".join(lines)
+
+
+def env_command(tool: str) -> str:
+    """How to type console script ``tool`` of the Python environment running motorsearch, from the
+    current directory: ``.venv/bin/mlflow`` when the environment is not activated (``make`` never
+    activates it), the bare name when the shell finds that same script first."""
+    import shutil
+
+    script = Path(sys.executable).parent / tool
+    if not script.is_file():
+        return tool
+    found = shutil.which(tool)
+    if found and Path(found).resolve() == script.resolve():
+        return tool
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def describe_resources(resources: Mapping[str, float]) -> str:

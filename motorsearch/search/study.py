@@ -181,18 +181,19 @@ def reopen_waiting(url: str, name: str) -> int:
     return reopened
 
 
-def link_run(url: str, name: str, ray_trial_id: str, mlflow_run_id: str) -> bool:
-    """Record ``mlflow_run_id`` on the unfinished Optuna trial of ``ray_trial_id``; False when there is none."""
+def link_run(url: str, name: str, ray_trial_id: str, mlflow_run_id: str) -> int | None:
+    """Record ``mlflow_run_id`` on the unfinished Optuna trial of ``ray_trial_id``: that trial's number,
+    None when there is none."""
     import optuna
 
     study = _load(url, name)
     if study is None:
-        return False
+        return None
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get(RAY_TRIAL_ID) == ray_trial_id:
             study._storage.set_trial_user_attr(trial._trial_id, MLFLOW_RUN_ID, mlflow_run_id)
-            return True
-    return False
+            return trial.number
+    return None
 
 
 def _load(url: str, name: str) -> Any:

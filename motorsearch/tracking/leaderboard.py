@@ -13,12 +13,14 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from motorsearch.errors import ConfigError, InputError
@@ -107,6 +109,11 @@ def leaderboard(client: MlflowClient, search: Any) -> pd.DataFrame:
     return table
 
 
+def param_columns(table: pd.DataFrame) -> list[str]:
+    """The sampled parameters' columns of a :func:`leaderboard` table (those after ``last_epoch``)."""
+    return list(table.columns[table.columns.get_loc(schema.LAST_EPOCH) + 1:])
+
+
 def search_objective(search: Any) -> Objective:
     """The objective recorded on a search's parent run (tags metric, mode, objective)."""
     tags = search.data.tags
@@ -146,13 +153,25 @@ def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -
 
 
 def log_search_summary(client: MlflowClient, parent_run_id: str, *, objective: Objective,
-                       study_storage: str | None = None, study_name: str | None = None) -> None:
-    """Log ``leaderboard.csv``, ``pictures/param_importance.png`` and tag ``best_run_id`` on the parent."""
+                       study_storage: str | None = None, study_name: str | None = None) -> pd.DataFrame:
+    """Sum a search up on its parent run, for a reader of the MLflow UI.
+
+    Logs ``leaderboard.csv``, ``pictures/param_importance.png``, the tag ``best_run_id``, the
+    metrics of :data:`schema.TRIAL_COUNTS` and, when a trial finished, the best finished trial's
+    objective under its own name (``best_val_f2``, the value ``export`` picks by), and a markdown
+    description (:func:`search_description`). Returns the search's :func:`leaderboard`.
+    """
     search = client.get_run(parent_run_id)
     table = leaderboard(client, search)
     finished = finished_trials(table, objective)
+    now = int(time.time() * 1000)
+    counts = table["status"].value_counts()
+    summary = [Metric(name, float(counts.get(status, 0)), now, 0) for status, name in schema.TRIAL_COUNTS.items()]
     if len(finished):
         client.set_tag(parent_run_id, schema.BEST_RUN, str(finished["run_id"].iloc[0]))
+        summary.append(Metric(objective.value_key, float(finished[objective.value_key].iloc[0]), now, 0))
+    client.log_batch(parent_run_id, metrics=summary)
+    client.set_tag(parent_run_id, schema.NOTE, search_description(client, search, table, objective=objective))
     with tempfile.TemporaryDirectory(prefix="motorsearch-search-") as tmp:
         csv = Path(tmp) / schema.LEADERBOARD_CSV
         table.to_csv(csv, index=False)
@@ -164,6 +183,36 @@ def log_search_summary(client: MlflowClient, parent_run_id: str, *, objective: O
             picture = param_importance_png(study, Path(tmp) / "param_importance.png")
             if picture is not None:
                 client.log_artifact(parent_run_id, str(picture), str(Path(schema.IMPORTANCE_PNG).parent))
+    return table
+
+
+def search_description(client: MlflowClient, search: Any, table: pd.DataFrame, *, objective: Objective,
+                       top: int = 10) -> str:
+    """The parent run's markdown description: the best finished trial and the ``top`` rows of the
+    leaderboard ``table``, each trial linked to its run page."""
+    names = {run.info.run_id: run.info.run_name for run in client.search_runs(
+        [search.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{search.info.run_id}'")}
+    link = "#/experiments/{}/runs/{}".format
+    value, epoch = objective.value_key, objective.epoch_key
+    finished = finished_trials(table, objective)
+    lines = [f"Search `{client.get_experiment(search.info.experiment_id).name}`: {len(table)} trials ranked by "
+             f"`{value}` ({objective.mode}), finished trials first.", ""]
+    if len(finished):
+        best = finished.iloc[0]
+        lines += [f"Best finished trial: [{names.get(best['run_id'], best['run_id'])}]"
+                  f"({link(search.info.experiment_id, best['run_id'])}), `{value}` = {best[value]:.4g} at epoch "
+                  f"{best[epoch]:.0f}; its model: artifact `{schema.BEST_MODEL}`.", ""]
+    else:
+        lines += ["No trial finished, so none can be exported.", ""]
+    lines += [f"| # | trial | {value} | epoch | status |", "|---|---|---|---|---|"]
+    for row in table.head(top).to_dict("records"):
+        shown = "" if pd.isna(row[value]) else f"{row[value]:.4g}"
+        at = "" if pd.isna(row[epoch]) else f"{row[epoch]:.0f}"
+        trial = f"[{names.get(row['run_id'], row['run_id'])}]({link(search.info.experiment_id, row['run_id'])})"
+        lines.append(f"| {row['rank']} | {trial} | {shown} | {at} | {row['status']} |")
+    if len(table) > top:
+        lines.append(f"\n{len(table) - top} more in artifact `{schema.LEADERBOARD_CSV}`.")
+    return "\n".join(lines)
 
 
 def load_study(storage: str, name: str) -> Any:

@@ -18,10 +18,12 @@ from matplotlib.figure import Figure
 from motorsearch.data.preprocess import normalize
 
 PANELS = ("losses", "validation", "learning rate")
+BEST_EPOCH_LABEL = "best epoch"  # the legend entry of the objective's epoch
 _NEAR_SLICE = 2.0  # voxels
 
 
-def training_curves_png(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def training_curves_png(history: Sequence[Mapping[str, Any]], path: str | Path, *,
+                        best_epoch: int | None = None) -> Path:
     """Plot a trial's per-epoch metrics in three panels: losses, validation scores, learning rate.
 
     Args:
@@ -31,6 +33,8 @@ def training_curves_png(history: Sequence[Mapping[str, Any]], path: str | Path) 
             -> "learning rate" (log scale). Other keys (timings, bookkeeping) and non-finite
             values are not drawn.
         path: where the PNG goes.
+        best_epoch: the epoch of the trial's objective (``best_epoch``), marked by a dashed
+            vertical line in every panel; None draws none.
     """
     panels = _curves(history)
     fig = Figure(figsize=(15, 4), layout="constrained")
@@ -38,6 +42,9 @@ def training_curves_png(history: Sequence[Mapping[str, Any]], path: str | Path) 
         curves = panels[title]
         for name, (epochs, values) in sorted(curves.items()):
             axis.plot(epochs, values, marker="o", markersize=3, label=name)
+        if curves and best_epoch is not None:
+            axis.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1.5,
+                         label=f"{BEST_EPOCH_LABEL} {best_epoch}")
         axis.set_xlabel("epoch")
         axis.set_title(title)
         axis.grid(alpha=0.3)

@@ -12,6 +12,12 @@ ROLE = "motorsearch.role"
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
 PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag; the UI draws the tree from it
+NOTE = "mlflow.note.content"  # MLflow's run description (markdown), shown on the run's page
+# Experiment tag: MLflow 3's UI opens an experiment without it in the GenAI (traces) view.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# Experiment tag ``mlflow.sharedViewState.<key>``: a runs-table view (JSON: the columns shown) that the
+# UI opens for the URL ``#/experiments/<id>/runs?viewStateShareKey=<key>``.
+SHARED_VIEW_PREFIX, RUNS_VIEW = "mlflow.sharedViewState.", "motorsearch"
 
 STATUS = "motorsearch.status"
 METRIC = "motorsearch.metric"
@@ -28,6 +34,7 @@ BEST_RUN = "motorsearch.best_run_id"
 
 # child run
 TRIAL_ID = "motorsearch.trial_id"
+OPTUNA_TRIAL = "motorsearch.optuna_trial"  # the number of the trial in the search's Optuna study
 PARAMS_JSON = "motorsearch.params_json"  # the sampled values with their types, for warm starts
 BEST_MODEL_SHA256 = "motorsearch.best_model_sha256"
 RESTARTS = "motorsearch.restarts"
@@ -54,6 +61,16 @@ IMPORTANCE_PNG = "pictures/param_importance.png"
 # e.g. ``best_val_f2``, and ``Objective.epoch_key``) and the trial's last epoch
 LAST_EPOCH = "last_epoch"
 OBJECTIVE = "motorsearch.objective"  # parent tag: best | last (absent on searches before it existed: best)
+# Reported numbers that describe the run, not the model (Unix times, timings, the resume epoch): logged
+# as ``system/<name>``, MLflow's own prefix, which its UI charts under "System metrics", apart from the model's.
+SYS_PREFIX = "system/"
+BOOKKEEPING = frozenset({"reported_at", "trial_started_at", "resumed_from_epoch", "time_total_s",
+                         "time_this_iter_s", "epoch_time_s"})
+
+# parent summary metrics, logged when the search ends: the best finished trial's objective under the
+# objective's own name (``best_val_f2``), and how many trials ended in each status
+TRIAL_COUNTS = {FINISHED: "trials_finished", EARLY_STOPPED: "trials_early_stopped", ERRORED: "trials_errored",
+                INTERRUPTED: "trials_interrupted"}
 
 # Trials that trained all their epochs rank first: only they can be exported, and only they are
 # COMPLETE in the Optuna study. A trial whose Optuna trial is WAITING shows as interrupted.

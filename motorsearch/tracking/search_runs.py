@@ -8,7 +8,7 @@ server, so no artifact lands on a worker's local disk.
 
 Use::
 
-    with SearchRun.start(name=space.name, objective=space.objective, space_file=path,
+    with SearchRun.start(name=space.name, objective=space.objective, space_file=path, settings={...},
                          tracking_uri=uri, ray_address=address, storage_path=storage) as search:
         callback = search.trial_callback(resolve_config=lambda values: ...)  # -> full config dict
         Tuner(..., run_config=RunConfig(callbacks=[callback])).fit()
@@ -17,6 +17,15 @@ A trial's summary (``best_val_f2`` and ``best_epoch`` for ``objective: best``, s
 :mod:`motorsearch.objective`) is the objective the trial itself reported last: it covers every
 epoch the trial trained, those before a restart or a resumed search included. The uploaded
 ``checkpoints/best/model.pt`` is the checkpoint of that epoch.
+
+Made to be read in the MLflow UI without opening a menu: the experiment is tagged as a model-training
+experiment (the UI opens its runs, not traces); the parent run is named after the search and carries
+the search's settings as parameters, its summary as metrics (:func:`leaderboard.log_search_summary`)
+and the leaderboard as its description; a child run is named ``<search> #<Optuna trial number>``
+and its sampled values (:func:`trial_run_name`; the Ray trial id is tag ``motorsearch.trial_id``);
+bookkeeping numbers (Unix times, timings) go under ``system/`` (:data:`schema.BOOKKEEPING`); the
+runs table opened by :attr:`SearchRun.runs_url` shows the objective, its epoch, the status and the
+sampled parameters as columns (:func:`set_runs_view`).
 
 A trial's final status (tag ``motorsearch.status``):
 
@@ -42,6 +51,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from mlflow.entities import Metric, Param
@@ -59,11 +69,12 @@ logger = logging.getLogger(__name__)
 _RAY_KEYS = frozenset({
     "timestamp", "pid", "done", "training_iteration", "iterations_since_restore", "time_since_restore",
     "trial_id", "date", "hostname", "node_ip", "config", "checkpoint_dir_name", "should_checkpoint",
-    "epoch", "time_this_iter_s", "__duplicate__", "trial_started_at",
+    "epoch", "__duplicate__",
 })
 _MLFLOW_RUN_STATUS = {schema.FINISHED: "FINISHED", schema.EARLY_STOPPED: "FINISHED",
                       schema.ERRORED: "FAILED", schema.INTERRUPTED: "KILLED"}
 MODEL_FILE = "model.pt"  # the model file inside a trainer checkpoint folder
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database file by default
 
 
 def validation_tomograms_from_cache(cfg: Any) -> list[Any]:
@@ -90,9 +101,12 @@ class SearchRun:
 
     @classmethod
     def start(cls, *, name: str, objective: Objective, space_file: str | Path | None = None,
-              tracking_uri: str | None = None, ray_address: str | None = None,
-              storage_path: str | None = None, resume: bool = False) -> SearchRun:
+              settings: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+              ray_address: str | None = None, storage_path: str | None = None, resume: bool = False) -> SearchRun:
         """Open (or with ``resume``, reopen the latest) parent run in experiment ``name``.
+
+        ``settings``: how the search runs (sampler, scheduler, budget, ...), logged as the new parent
+        run's parameters.
 
         ``tracking_uri`` is resolved by :func:`~motorsearch.tracking.uri.resolve_tracking_uri`
         and checked (an unreachable server raises InputError within seconds).
@@ -118,12 +132,37 @@ class SearchRun:
             if space_file is not None:
                 tags[schema.SPACE_FILE] = str(Path(space_file).resolve())
                 tags[schema.SPACE_SHA256] = hashlib.sha256(Path(space_file).read_bytes()).hexdigest()
-            run = client.create_run(experiment_id, tags=tags, run_name=f"search {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            run = client.create_run(experiment_id, tags=tags,
+                                    run_name=f"{name} search {time.strftime('%Y-%m-%d %H:%M')}")
             run_id = run.info.run_id
+            if settings:
+                client.log_batch(run_id, params=[Param(str(k), _param_text(v)) for k, v in settings.items()])
             if space_file is not None:
                 client.log_artifact(run_id, str(space_file), schema.SPACE_ARTIFACT_DIR)
+        set_runs_view(client, experiment_id, objective)
         return cls(tracking_uri=uri, experiment_id=experiment_id, experiment_name=name, run_id=run_id,
                    objective=objective)
+
+    @property
+    def runs_url(self) -> str:
+        """The experiment's runs table in the MLflow UI (model-training view, the search nested with its
+        trials, the objective's columns shown): on the tracking server, or where :attr:`ui_command` serves."""
+        base = self.tracking_uri.rstrip("/") if _is_server(self.tracking_uri) else MLFLOW_UI
+        return f"{base}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={schema.RUNS_VIEW}"
+
+    @property
+    def ui_command(self) -> str | None:
+        """The command that serves this search's tracking database at :data:`MLFLOW_UI`, typed as it works
+        from the current directory; None for a tracking server (it is the UI)."""
+        if _is_server(self.tracking_uri):
+            return None
+        from motorsearch.search.cluster import env_command
+
+        uri = self.tracking_uri
+        prefix = "sqlite:///"
+        if uri.lower().startswith(prefix) and not uri.endswith(":memory:"):
+            uri = prefix + str(Path(uri[len(prefix):]).expanduser().resolve())
+        return f"{env_command('mlflow')} ui --backend-store-uri {uri} --port {urlsplit(MLFLOW_UI).port}"
 
     def trial_callback(self, *, max_epochs: int | None = None,
                        resolve_config: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
@@ -161,8 +200,10 @@ class SearchRun:
             callback.close()
         client = MlflowClient(self.tracking_uri)
         try:
-            leaderboard.log_search_summary(client, self.run_id, objective=self.objective,
-                                           study_storage=study_storage, study_name=study_name)
+            table = leaderboard.log_search_summary(client, self.run_id, objective=self.objective,
+                                                   study_storage=study_storage, study_name=study_name)
+            set_runs_view(client, self.experiment_id, self.objective,
+                          params=leaderboard.param_columns(table))
         except Exception as exc:  # the search itself is done; a summary failure must not hide that
             logger.warning("could not log the leaderboard of search run %s: %s", self.run_id, exc)
             client.set_tag(self.run_id, schema.ARTIFACT_ERROR, f"{type(exc).__name__}: {exc}"[:5000])
@@ -231,6 +272,7 @@ class TrialTracker(Callback):
         self._client: MlflowClient | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._search_name: str | None = None
 
     # Tune pickles its run config (with this callback) into the experiment folder for restores.
     def __getstate__(self) -> dict[str, Any]:
@@ -253,8 +295,8 @@ class TrialTracker(Callback):
         record = self._open(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", record.last_epoch + 1)))
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, epoch) for key, value in sorted(result.items())
-                   if key not in _RAY_KEYS and _is_number(value)]
+        metrics = [Metric(f"{schema.SYS_PREFIX}{key}" if key in schema.BOOKKEEPING else key, float(value), now, epoch)
+                   for key, value in sorted(result.items()) if key not in _RAY_KEYS and _is_number(value)]
         if metrics:
             self.client.log_batch(record.run_id, metrics=metrics)
         record.last_epoch = epoch
@@ -320,15 +362,27 @@ class TrialTracker(Callback):
             tags = {schema.PARENT: self.parent_run_id, schema.ROLE: schema.ROLE_TRIAL, schema.TRIAL_ID: trial.trial_id,
                     schema.STATUS: schema.TRIAL_RUNNING, schema.METRIC: self.metric, schema.MODE: self.mode,
                     schema.PARAMS_JSON: json.dumps(params, sort_keys=True, default=str)}
-            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=str(trial)).info.run_id
+            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(str(k), _param_text(v)) for k, v in sorted(params.items())])
             self.client.log_text(run_id, yaml.safe_dump(_plain(resolved), sort_keys=False), schema.CONFIG_ARTIFACT)
+            number = None
             if self.study is not None:
                 from motorsearch.search.study import link_run
 
-                link_run(*self.study, trial.trial_id, run_id)
+                number = link_run(*self.study, trial.trial_id, run_id)
+            if number is not None:
+                self.client.set_tag(run_id, schema.OPTUNA_TRIAL, str(number))
+            else:  # no study to ask: Tune's counter, the digits that end its trial id ("3ab1f_00002")
+                digits = trial.trial_id.rpartition("_")[2]
+                number = int(digits) if digits.isdigit() else None
+            self.client.update_run(run_id, name=trial_run_name(self._experiment_name(), number, params))
         record = self._trials[trial.trial_id] = _Trial(run_id=run_id, target_epochs=target)
         return record
+
+    def _experiment_name(self) -> str:
+        if self._search_name is None:
+            self._search_name = self.client.get_experiment(self.experiment_id).name
+        return self._search_name
 
     def _resolved_config(self, trial: Any) -> dict[str, Any]:
         if self.resolve_config is None:
@@ -406,7 +460,7 @@ class TrialTracker(Callback):
 
         history = _history(client, run_id)
         if history:
-            curves = training_curves_png(history, tmp / "training_curves.png")
+            curves = training_curves_png(history, tmp / "training_curves.png", best_epoch=objective_epoch)
             client.log_artifact(run_id, str(curves), str(Path(schema.CURVES_PNG).parent))
         if best_file is not None and self.validation_tomograms is not None:
             from motorsearch.model_file import load_model_file
@@ -443,14 +497,40 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return (Path(tracking_uri[len(prefix):]).expanduser().resolve().parent / "mlartifacts").as_uri()
 
 
+def set_runs_view(client: MlflowClient, experiment_id: str, objective: Objective, *,
+                  params: Sequence[str] = ()) -> None:
+    """Save the runs-table view of :data:`schema.RUNS_VIEW` on the experiment: the objective, its epoch,
+    the trial status and the sampled parameters ``params`` as columns."""
+    columns = [f"metrics.`{objective.value_key}`", f"metrics.`{objective.epoch_key}`", f"tags.`{schema.STATUS}`",
+               *(f"params.`{name}`" for name in params)]
+    client.set_experiment_tag(experiment_id, schema.SHARED_VIEW_PREFIX + schema.RUNS_VIEW,
+                              json.dumps({"selectedColumns": columns}))
+
+
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.lower().startswith(("http://", "https://"))
+
+
+def trial_run_name(search_name: str, number: int | None, params: Mapping[str, Any], *, limit: int = 120) -> str:
+    """A trial's run name: ``"demo #3 loss.name=focal optim.lr=0.00231"`` (the search, the trial's
+    number, its sampled values to 3 significant digits), cut to ``limit`` characters."""
+    head = search_name if number is None else f"{search_name} #{number}"
+    values = [f"{key}={f'{value:.3g}' if isinstance(value, float) else value}" for key, value in sorted(params.items())]
+    name = " ".join([head, *values])
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
 def _experiment_id(client: MlflowClient, name: str, *, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{artifact_location}/{name}" if artifact_location else None
-        return client.create_experiment(name, artifact_location=location)
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND, schema.MODEL_TRAINING)
+    return experiment_id
 
 
 def _latest_search(client: MlflowClient, experiment_id: str) -> Any:
@@ -522,7 +602,7 @@ def _history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
     run = client.get_run(run_id)
     by_epoch: dict[int, dict[str, float]] = {}
     for key in run.data.metrics:
-        if key.startswith(("best_", "last_")):  # the objective and the epochs: summaries, not curves
+        if key.startswith(("best_", "last_", schema.SYS_PREFIX)):  # summaries and bookkeeping, not curves
             continue
         for point in client.get_metric_history(run_id, key):
             by_epoch.setdefault(point.step, {"epoch": point.step})[key] = point.value
