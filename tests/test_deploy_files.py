@@ -70,8 +70,8 @@ def k8s_object(kind: str, name: str | None = None) -> dict:
 
 
 def guide_text() -> str:
-    """README.md's "Scaling out" section (or its draft while it is not merged yet); "" if neither."""
-    readme = (REPO / "README.md").read_text()
+    """docker/README.md's "Scaling out" section (or its draft while it is not merged yet); "" if neither."""
+    readme = (DOCKER / "README.md").read_text()
     match = re.search(r"^## Scaling out\n.*?(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)
     if match:
         return match.group(0)
@@ -508,7 +508,7 @@ def test_the_guide_and_files_document_a_search_command():
     commands = documented_commands()
     assert any(k.startswith("rayjob.yaml") for k in commands)
     assert any(k.startswith("compose.yaml") for k in commands)
-    assert any(k.startswith("guide") for k in commands), "README 'Scaling out' must show how to run a search"
+    assert any(k.startswith("guide") for k in commands), "docker/README.md 'Scaling out' must show how to run a search"
 
 
 @pytest.mark.parametrize("where", sorted(documented_commands()))
@@ -549,7 +549,7 @@ def test_rayjob_runs_the_byu_search_from_the_image_workdir():
 
 def test_the_guide_covers_ports_auth_storage_nodes_and_the_dashboard():
     text = guide_text()
-    assert text, "README.md needs its 'Scaling out' section"
+    assert text, "docker/README.md needs its 'Scaling out' section"
     for port in (DASHBOARD, GCS, CLIENT, MLFLOW):
         assert f"| {port} |" in text, port
     assert "docker compose -f docker/compose.yaml up -d --build --wait" in text
