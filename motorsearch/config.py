@@ -119,17 +119,28 @@ class SamplingConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation; labels follow every geometric transform."""
+    """Training-time augmentation; labels follow every geometric transform.
+
+    ``zoom_min``/``zoom_max``: each patch is magnified by a factor drawn log-uniformly from this
+    range (1.0/1.0 = off): the model sees tomograms as if their voxel spacing were ``spacing /
+    zoom``, so it learns not to depend on knowing the spacing (the Kaggle test set gives none).
+    The heatmap sigma follows (it is in Å of the zoomed grid).
+    """
 
     enabled: bool = True
     flip: bool = True
     rotate90: bool = True
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    zoom_min: float = 1.0
+    zoom_max: float = 1.0
 
     def validate(self) -> None:
         require(self.intensity_scale >= 0, "intensity_scale", "cannot be negative", self.intensity_scale)
         require(self.intensity_shift >= 0, "intensity_shift", "cannot be negative", self.intensity_shift)
+        require(0 < self.zoom_min < float("inf"), "zoom_min", "must be positive", self.zoom_min)
+        require(self.zoom_min <= self.zoom_max < float("inf"), "zoom_max",
+                f"must be finite and at least zoom_min={self.zoom_min}", self.zoom_max)
 
 
 @dataclass
@@ -220,6 +231,7 @@ class ValidationConfig:
     window_batch_size: int = 2
     max_motors: int = 1
     nms_radius_a: float = 1000.0
+    unknown_spacing: bool = False  # validate as the test is posed: spacing unknown, ``test_time`` decides
 
     def validate(self) -> None:
         require(self.every >= 1, "every", "must be at least 1", self.every)
@@ -227,6 +239,45 @@ class ValidationConfig:
         require(self.window_batch_size >= 1, "window_batch_size", "must be at least 1", self.window_batch_size)
         require(self.max_motors >= 1, "max_motors", "must be at least 1", self.max_motors)
         require(self.nms_radius_a > 0, "nms_radius_a", "must be positive", self.nms_radius_a)
+
+
+SPACING_POLICIES = ("fixed", "multiscale")
+TTA_SIZES = (1, 4, 8, 16)
+THRESHOLD_STRATEGIES = ("swept", "quantile")
+
+
+@dataclass
+class TestTimeConfig:
+    """How a trained model meets tomograms, in ``predict`` and in validation; saved in the model file.
+
+    When a tomogram's voxel spacing is unknown (the Kaggle test set gives none), ``spacing``
+    decides: ``fixed`` reads it as ``assumed_spacing_a`` Å/voxel (null: the model's own training
+    spacing); ``multiscale`` predicts as if it were each of ``multiscale_spacings_a`` and keeps the
+    strongest candidate, mapped back to the tomogram's own grid. ``tta``: heatmaps averaged over
+    that many flips and quarter turns (1 = none). ``threshold``: ``swept`` predicts a motor where
+    the strongest candidate's probability reaches the threshold chosen on validation;
+    ``quantile`` predicts one in the top fraction of the tomograms given to ``predict`` (ranked by
+    that probability), the fraction being the one the validation threshold predicted.
+    """
+
+    __test__ = False  # not a pytest class despite its name
+
+    spacing: str = "fixed"
+    assumed_spacing_a: float | None = None
+    multiscale_spacings_a: list[float] = field(default_factory=lambda: [10.0, 13.1, 16.0, 20.0])
+    tta: int = 1
+    threshold: str = "swept"
+
+    def validate(self) -> None:
+        require(self.spacing in SPACING_POLICIES, "spacing", f"must be one of {', '.join(SPACING_POLICIES)}",
+                self.spacing)
+        require(self.assumed_spacing_a is None or self.assumed_spacing_a > 0, "assumed_spacing_a",
+                "must be positive or null", self.assumed_spacing_a)
+        require(len(self.multiscale_spacings_a) >= 1 and all(v > 0 for v in self.multiscale_spacings_a),
+                "multiscale_spacings_a", "must be a non-empty list of positive spacings", self.multiscale_spacings_a)
+        require(self.tta in TTA_SIZES, "tta", f"must be one of {', '.join(map(str, TTA_SIZES))}", self.tta)
+        require(self.threshold in THRESHOLD_STRATEGIES, "threshold",
+                f"must be one of {', '.join(THRESHOLD_STRATEGIES)}", self.threshold)
 
 
 @dataclass
@@ -243,6 +294,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    test_time: TestTimeConfig = field(default_factory=TestTimeConfig)
 
     def validate(self) -> None:
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
@@ -250,6 +302,9 @@ class ExperimentConfig:
         stride = self.model.stride
         require(all(s >= stride and s % stride == 0 for s in self.sampling.patch_size), "sampling.patch_size",
                 f"must be multiples of model.stride={stride} (and at least that)", self.sampling.patch_size)
+        require(not self.validation.unknown_spacing or self.data.spacing is not None, "validation.unknown_spacing",
+                "needs a training spacing (data.spacing) to read tomograms of unknown spacing at",
+                self.validation.unknown_spacing)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe) that ``from_dict`` turns back into the same config."""

@@ -10,8 +10,12 @@ A model file is ``torch.save`` of a dict of plain Python values and tensors, so 
     architecture      MotorIdentifier(**architecture) rebuilds the network
     preprocessing     spacing (Å/voxel of the training grid, None = native grid),
                       normalization ("fixed" | "zscore"), patch_size [z, y, x] voxels, stride,
-                      overlap, window_batch_size, max_motors, nms_radius_a (Å), precision
+                      overlap, window_batch_size, max_motors, nms_radius_a (Å), precision,
+                      test_time (the config's ``test_time`` section: the unknown-spacing
+                      policy, TTA, threshold strategy; absent in older files: the defaults)
     threshold         decision threshold on the heatmap probability (inf: never predict a motor)
+    quantile          the fraction of validation tomograms that threshold predicted a motor in
+                      (``test_time.threshold: quantile`` predicts that fraction; optional)
     metrics           validation metrics of the epoch it was saved at (floats)
     config            the whole experiment config as a plain dict
     extra             anything else the caller added (plain values)
@@ -23,6 +27,7 @@ whenever it exists.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -56,14 +61,39 @@ class LoadedModel:
     motorsearch_version: str
     path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    quantile: float | None = None
 
     def experiment_config(self) -> ExperimentConfig:
         """The experiment config the model was trained with, rebuilt and validated."""
         return from_dict(self.config, source=f"{self.path} (config)")
 
+    @classmethod
+    def in_memory(cls, model: torch.nn.Module, cfg: ExperimentConfig, *, threshold: float = math.inf) -> LoadedModel:
+        """A model being trained, seen as a model file would show it (for validation under test conditions)."""
+        return cls(model=model, architecture=dict(getattr(model, "architecture", {}) or {}),
+                   preprocessing=preprocessing_of(cfg), threshold=threshold, metrics={}, config=cfg.to_dict(),
+                   format_version=FORMAT_VERSION, motorsearch_version=__version__, path=Path("<model in training>"))
+
+
+def preprocessing_of(cfg: ExperimentConfig) -> dict[str, Any]:
+    """How ``cfg`` prepares a tomogram for the model: the model file's ``preprocessing``."""
+    return {
+        "spacing": cfg.data.spacing,
+        "normalization": cfg.data.normalization,
+        "patch_size": [int(p) for p in cfg.sampling.patch_size],
+        "stride": int(cfg.model.stride),
+        "overlap": float(cfg.validation.overlap),
+        "window_batch_size": int(cfg.validation.window_batch_size),
+        "max_motors": int(cfg.validation.max_motors),
+        "nms_radius_a": float(cfg.validation.nms_radius_a),
+        "precision": cfg.optim.precision,
+        "test_time": dataclasses.asdict(cfg.test_time),
+    }
+
 
 def model_payload(*, model: torch.nn.Module, cfg: ExperimentConfig, threshold: float,
-                  metrics: dict[str, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  metrics: dict[str, float], extra: dict[str, Any] | None = None,
+                  quantile: float | None = None) -> dict[str, Any]:
     """The dict ``save_model_file`` writes (see the module docstring)."""
     architecture = getattr(model, "architecture", None)
     if not isinstance(architecture, dict):
@@ -74,18 +104,9 @@ def model_payload(*, model: torch.nn.Module, cfg: ExperimentConfig, threshold: f
         "motorsearch_version": __version__,
         "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
         "architecture": dict(architecture),
-        "preprocessing": {
-            "spacing": cfg.data.spacing,
-            "normalization": cfg.data.normalization,
-            "patch_size": [int(p) for p in cfg.sampling.patch_size],
-            "stride": int(cfg.model.stride),
-            "overlap": float(cfg.validation.overlap),
-            "window_batch_size": int(cfg.validation.window_batch_size),
-            "max_motors": int(cfg.validation.max_motors),
-            "nms_radius_a": float(cfg.validation.nms_radius_a),
-            "precision": cfg.optim.precision,
-        },
+        "preprocessing": preprocessing_of(cfg),
         "threshold": float(threshold),
+        "quantile": None if quantile is None else float(quantile),
         "metrics": {str(k): float(v) for k, v in metrics.items()},
         "config": cfg.to_dict(),
         "extra": dict(extra or {}),
@@ -93,13 +114,15 @@ def model_payload(*, model: torch.nn.Module, cfg: ExperimentConfig, threshold: f
 
 
 def save_model_file(path: str | Path, *, model: torch.nn.Module, cfg: ExperimentConfig, threshold: float,
-                    metrics: dict[str, float], extra: dict[str, Any] | None = None) -> Path:
+                    metrics: dict[str, float], extra: dict[str, Any] | None = None,
+                    quantile: float | None = None) -> Path:
     """Write the model file to ``path`` atomically; returns ``path``.
 
     A ``<path>.sha256`` left from an earlier file of that name is removed (it describes other bytes).
     """
     path = Path(path)
-    payload = model_payload(model=model, cfg=cfg, threshold=threshold, metrics=metrics, extra=extra)
+    payload = model_payload(model=model, cfg=cfg, threshold=threshold, metrics=metrics, extra=extra,
+                            quantile=quantile)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -193,4 +216,5 @@ def load_model_file(path: str | Path, *, device: str | torch.device = "cpu") -> 
         threshold=threshold, metrics=dict(payload["metrics"]), config=dict(payload["config"]),
         format_version=int(version), motorsearch_version=str(payload.get("motorsearch_version", "?")),
         path=path, extra=dict(payload.get("extra") or {}),
+        quantile=None if payload.get("quantile") is None else float(payload["quantile"]),
     )

@@ -26,7 +26,8 @@ MODES = ("max", "min")
 # What the trainer reports after each validation epoch (see ``training.trainer``); any of these
 # can be a search's ``metric``.
 REPORTED_METRICS = ("epoch", "train_loss", "lr", "val_f2", "val_precision", "val_recall", "val_threshold",
-                    "val_loss", "val_dice", "val_topk_acc", "epoch_time_s")
+                    "val_loss", "val_dice", "val_topk_acc", "val_ap", "val_ap_r90", "val_positive_rate",
+                    "epoch_time_s")
 
 
 def check_mode(mode: str, *, key: str = "mode") -> str:

@@ -129,3 +129,46 @@ def test_mixed_precision_on_cuda_matches_fp32(precision):
     mixed = predict_logits(model, volume, precision=precision, **kwargs)
     assert mixed.dtype == np.float32
     np.testing.assert_allclose(mixed, reference, atol=2e-2)
+
+
+class ShiftModel(torch.nn.Module):
+    """Not equivariant: each output voxel is its cell's mean plus a ramp along x (a fixed position bias)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool3d(x, self.stride)
+        return pooled + torch.arange(pooled.shape[-1], dtype=pooled.dtype)
+
+
+@pytest.mark.parametrize("tta", [4, 8, 16])
+@pytest.mark.parametrize(("shape", "patch", "stride"), [((40, 64, 56), (24, 24, 24), 8), ((33, 29, 47), (8, 12, 16), 4)])
+def test_tta_views_are_turned_back_onto_the_same_grid(tta, shape, patch, stride):
+    """Pooling commutes with flips and quarter turns on a stride-aligned grid: every view, turned back,
+    is the plain output, so the average is too; a misaligned view would blend neighbouring cells."""
+    volume = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    plain = predict_logits(PoolModel(stride), volume, patch_size=patch, stride=stride, overlap=0.5, batch_size=4,
+                           device="cpu")
+    averaged = predict_logits(PoolModel(stride), volume, patch_size=patch, stride=stride, overlap=0.5, batch_size=4,
+                              device="cpu", tta=tta)
+    np.testing.assert_allclose(averaged, plain, atol=1e-5)
+
+
+def test_tta_averages_views_a_model_sees_differently():
+    """The x ramp of ShiftModel reads reversed in views turned by 2 quarter turns: with 4 views (turns
+    0-3 in y-x) the ramp is averaged with its mirror and its transposes, so it no longer rises along x."""
+    volume = np.zeros((16, 32, 32), dtype=np.float32)
+    plain = predict_logits(ShiftModel(8), volume, patch_size=(16, 32, 32), stride=8, overlap=0.0, batch_size=1,
+                           device="cpu")
+    averaged = predict_logits(ShiftModel(8), volume, patch_size=(16, 32, 32), stride=8, overlap=0.0, batch_size=1,
+                              device="cpu", tta=4)
+    np.testing.assert_allclose(plain[0, 0], [0, 1, 2, 3])
+    np.testing.assert_allclose(averaged, np.full_like(averaged, 1.5), atol=1e-6)  # the ramp's mean everywhere
+
+
+def test_unknown_tta_is_rejected():
+    with pytest.raises(ValueError, match="`tta` must be one of 1, 4, 8, 16, but got tta=2."):
+        predict_logits(PoolModel(4), np.zeros((8, 8, 8), np.float32), patch_size=(8, 8, 8), stride=4, overlap=0.0,
+                       batch_size=1, device="cpu", tta=2)

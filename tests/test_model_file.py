@@ -27,7 +27,8 @@ def saved(tmp_path_factory):
     cfg.sampling.patch_size = [32, 64, 48]
     model = build_model(cfg.model).eval()
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model_file(path, model=model, cfg=cfg, threshold=0.375, metrics={"val_f2": 0.875}, extra={"epoch": 3})
+    save_model_file(path, model=model, cfg=cfg, threshold=0.375, metrics={"val_f2": 0.875}, extra={"epoch": 3},
+                    quantile=0.4)
     return path, model, cfg
 
 
@@ -38,7 +39,10 @@ def test_file_loads_with_weights_only_and_holds_everything(saved):
     assert payload["threshold"] == 0.375 and payload["metrics"] == {"val_f2": 0.875}
     assert payload["preprocessing"] == {
         "spacing": 14.0, "normalization": "zscore", "patch_size": [32, 64, 48], "stride": 16, "overlap": 0.5,
-        "window_batch_size": 2, "max_motors": 1, "nms_radius_a": 1000.0, "precision": "auto"}
+        "window_batch_size": 2, "max_motors": 1, "nms_radius_a": 1000.0, "precision": "auto",
+        "test_time": {"spacing": "fixed", "assumed_spacing_a": None, "multiscale_spacings_a": [10.0, 13.1, 16.0, 20.0],
+                      "tta": 1, "threshold": "swept"}}
+    assert payload["quantile"] == 0.4
     assert payload["config"] == cfg.to_dict()
     assert payload["architecture"] == model.architecture
     assert payload["extra"] == {"epoch": 3}
@@ -49,7 +53,7 @@ def test_round_trip_gives_the_same_predictions(saved):
     path, model, cfg = saved
     loaded = load_model_file(path)
     assert not loaded.model.training
-    assert loaded.threshold == 0.375 and loaded.preprocessing["spacing"] == 14.0
+    assert loaded.threshold == 0.375 and loaded.preprocessing["spacing"] == 14.0 and loaded.quantile == 0.4
     assert loaded.experiment_config() == cfg
     x = torch.randn(1, 1, 32, 64, 48, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -176,3 +176,58 @@ def test_pickles_without_volumes_and_works_in_dataloader_workers(tomograms):
     images, targets = zip(*loader, strict=True)
     torch.testing.assert_close(torch.cat(images), torch.stack([e[0] for e in expected]))
     torch.testing.assert_close(torch.cat(targets), torch.stack([e[1] for e in expected]))
+
+
+def blob_record(tomo_id, shape, motor, seed, sigma_vox=2.0):
+    """A flat grey volume with one dark Gaussian blob centred at ``motor`` (sub-voxel)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), axis=-1)
+    depth = np.exp(-((grid - np.asarray(motor)) ** 2).sum(-1) / (2 * sigma_vox**2))
+    volume = np.clip(np.rint(200 - 150 * depth + rng.normal(0, 0.3, shape)), 0, 255).astype(np.uint8)
+    return TomogramRecord(tomo_id, shape, SPACING, np.asarray([motor], dtype=np.float64), lambda: volume,
+                          f"/data/{tomo_id}")
+
+
+@pytest.fixture(scope="module")
+def blob_tomograms(tmp_path_factory):
+    records = [blob_record("blob_a", (64, 96, 96), (30.0, 41.0, 52.0), 0),
+               blob_record("blob_b", (56, 90, 110), (25.0, 60.0, 33.0), 1)]
+    cache = prepare_records(lambda: records, identity={"test": "sampler-zoom", "split": "train"},
+                            cache_dir=tmp_path_factory.mktemp("zoom_cache"), spacing=SPACING, n_folds=2)
+    return cache.tomograms
+
+
+def dark_centroid(image: np.ndarray) -> np.ndarray:
+    """Sub-voxel centre of the dark blob: the darkness-weighted mean position near the darkest voxel."""
+    darkness = np.clip(image.max() - image, 0, None)
+    darkness[darkness < 0.3 * darkness.max()] = 0
+    grid = np.indices(image.shape).reshape(3, -1).astype(np.float64)
+    return (grid * darkness.ravel()).sum(axis=1) / darkness.sum()
+
+
+@pytest.mark.parametrize(("zoom_min", "zoom_max"), [(0.6, 0.6), (1.3, 1.3), (0.6, 1.25)])
+def test_zoomed_patches_keep_the_motor_and_its_target_aligned(blob_tomograms, zoom_min, zoom_max):
+    """The sub-voxel alignment property with zoom: where the image shows the motor, the target peaks,
+    with a sigma that is the same Å on the zoomed grid (sigma_a * zoom / spacing voxels)."""
+    augment = AugmentConfig(zoom_min=zoom_min, zoom_max=zoom_max, intensity_scale=0.0, intensity_shift=0.0)
+    dataset = make_dataset(blob_tomograms, augment=augment, n=12, patch_size=(32, 48, 48), positive_fraction=1.0,
+                           hard_negative_fraction=0.0)
+    by_id = {t.tomo_id: t for t in blob_tomograms}
+    zooms = []
+    for i in range(len(dataset)):
+        patch = dataset.draw(i, epoch=2)
+        zooms.append(patch.zoom)
+        assert zoom_min - 1e-9 <= patch.zoom <= zoom_max + 1e-9
+        motor = (by_id[patch.tomo_id].motors[0] - patch.origin + 0.5) * patch.zoom - 0.5
+        undo = patch.augmentation  # flips and turns come after the zoom: undo them on the image
+        image = np.rot90(patch.image, k=-undo.quarter_turns, axes=(1, 2))
+        image = np.flip(image, axis=undo.flip_axes) if undo.flip_axes else image
+        if not all(4 <= m <= n - 5 for m, n in zip(motor, image.shape, strict=True)):
+            continue  # the blob is cut by the patch border: its centroid is biased
+        np.testing.assert_allclose(dark_centroid(image), motor, atol=0.35)
+        target = np.rot90(patch.target, k=-undo.quarter_turns, axes=(1, 2))
+        target = np.flip(target, axis=undo.flip_axes) if undo.flip_axes else target
+        expected = heatmap(motor[None], (0, 0, 0), dataset.out_shape, STRIDE, SIGMA_A * patch.zoom / SPACING)
+        np.testing.assert_allclose(target, expected, atol=1e-5)
+    assert len(set(zooms)) == (1 if zoom_min == zoom_max else len(zooms))
+

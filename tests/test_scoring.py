@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from motorsearch.errors import DataError
 from motorsearch.evaluation.scoring import (
+    average_precision,
     best_threshold,
     f_beta,
     score_predictions,
@@ -243,3 +244,40 @@ def test_best_threshold_agrees_with_scoring_every_threshold(rows):
     threshold, score = best_threshold(truth, candidates, spacing)
     assert score.f2 == pytest.approx(best_f2)
     assert threshold == next(t for t in thresholds if score_at(t) == pytest.approx(best_f2))
+
+
+def ap_case():
+    """A hit (0.9), a false alarm (0.8), a hit (0.7), a far candidate on a motor tomogram (0.6), at 10 Å."""
+    truth = {"a": np.array([[10.0, 10, 10]]), "b": np.zeros((0, 3)), "c": np.array([[50.0, 50, 50]]),
+             "d": np.array([[20.0, 20, 20]])}
+    candidates = {"a": (np.array([12.0, 10, 10]), 0.9), "b": (np.array([5.0, 5, 5]), 0.8),
+                  "c": (np.array([50.0, 55, 50]), 0.7), "d": (np.array([20.0, 20, 200]), 0.6)}
+    return truth, candidates, dict.fromkeys(truth, 10.0)
+
+
+def test_average_precision_by_hand():
+    truth, candidates, spacing = ap_case()
+    # recall 1/3 at precision 1, then 2/3 at precision 2/3; the far candidate adds recall to nobody
+    assert average_precision(truth, candidates, spacing) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
+    # above recall 0.5 only: (2/3 - 1/2) at precision 2/3, over 1 - 0.5
+    assert average_precision(truth, candidates, spacing, recall_floor=0.5) == pytest.approx((1 / 6) * (2 / 3) / 0.5)
+
+
+def test_average_precision_ranks_not_thresholds():
+    truth, candidates, spacing = ap_case()
+    squashed = {k: (c, 0.5 + s / 100) for k, (c, s) in candidates.items()}  # same order, other scale
+    assert average_precision(truth, squashed, spacing) == average_precision(truth, candidates, spacing)
+    swapped = {**candidates, "b": (candidates["b"][0], 0.95)}  # the false alarm now ranks first
+    assert average_precision(truth, swapped, spacing) == pytest.approx(0.5 * 1 / 3 + (2 / 3) * 1 / 3)
+
+
+def test_average_precision_edge_cases():
+    truth, candidates, spacing = ap_case()
+    tied = {**candidates, "b": (candidates["b"][0], 0.9)}  # a hit and a false alarm at the same score
+    assert average_precision(truth, tied, spacing) == pytest.approx(1 / 3 * 1 / 2 + 1 / 3 * 2 / 3)
+    no_motor = {"b": np.zeros((0, 3))}
+    assert average_precision(no_motor, {"b": candidates["b"]}, {"b": 10.0}) == 0.0
+    perfect = {k: candidates[k] for k in ("a", "c")}
+    assert average_precision({k: truth[k] for k in perfect}, perfect, {k: 10.0 for k in perfect}) == 1.0
+    with pytest.raises(ValueError, match="`recall_floor` must be in \\[0, 1\\), but got recall_floor=1.0."):
+        average_precision(truth, candidates, spacing, recall_floor=1.0)

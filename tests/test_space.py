@@ -148,6 +148,15 @@ def test_uri_storage_stays_a_uri(tmp_path: Path) -> None:
     ({"budget_epochs": 0}, "`budget_epochs` must be at least 1, but got budget_epochs=0."),
     ({"budget_epochs": 2.5}, "`budget_epochs` must be an int"),
     ({"mode": "maximum"}, "`mode` must be one of max, min, but got mode='maximum'."),
+    ({"objective": "lst"}, "`objective` must be one of best, last, but got objective='lst'. Did you mean 'last'?"),
+    ({"metric": "val_f3"}, "`metric` must be one of the metrics a trial reports (epoch, train_loss, lr, val_f2, "),
+    ({"metric": "val_f3"}, "but got metric='val_f3'. Did you mean 'val_f2'?"),
+    ({"overrides": {"augment.zoom_max": 0.5}}, "`augment.zoom_max` must be finite and at least zoom_min=1.0"),
+    ({"overrides": {"test_time.tta": 2}}, "`test_time.tta` must be one of 1, 4, 8, 16, but got test_time.tta=2."),
+    ({"parameters": {"test_time.spacing": {"type": "categorical", "choices": ["fixed", "guess"]}}},
+     "`parameters.test_time.spacing` can take 'guess', which the experiment config rejects"),
+    ({"overrides": {"validation.unknown_spacing": True, "data.spacing": None}},
+     "`validation.unknown_spacing` needs a training spacing (data.spacing)"),
     ({"resources": {"gpu": 1.5}}, "`resources.gpu` above 1 must be a whole number of GPUs"),
     ({"resources": {"cpu": 0}}, "`resources.cpu` must be positive, but got resources.cpu=0.0."),
     ({"resources": {"gpus": 1}}, "unknown key 'resources.gpus'. Did you mean 'resources.gpu'?"),
@@ -228,3 +237,14 @@ def test_condition_on_a_base_value(tmp_path: Path) -> None:
         trial = optuna.create_study().ask()
         space.define_by_run()(trial)
         assert set(trial.params) == expected
+
+
+@pytest.mark.parametrize(("body", "keys"), [
+    ({}, ("best_val_f2", "best_epoch")),
+    ({"metric": "val_ap"}, ("best_val_ap", "best_epoch")),
+    ({"metric": "val_loss", "mode": "min", "objective": "last"}, ("last_val_loss", "last_epoch")),
+])
+def test_the_objective_is_read_from_the_space_file(tmp_path: Path, body: dict, keys: tuple) -> None:
+    space = load_space(space_file(tmp_path, {"storage_path": str(tmp_path / "runs"), **body}))
+    assert (space.objective.value_key, space.objective.epoch_key) == keys
+    assert (space.metric, space.mode) == (body.get("metric", "val_f2"), body.get("mode", "max"))

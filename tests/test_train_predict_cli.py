@@ -77,10 +77,16 @@ def test_predict_without_spacing_assumes_the_models(trained, tmp_path, capsys):
     root, base, model = trained
     out = tmp_path / "submission.csv"
     assert main(["predict", "--model", str(model), "--data", str(root / "test"), "--out", str(out)]) == 0
-    assert "assuming 16 Å/voxel (the model's training spacing)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "give none; fixed: assumed 16 Å/voxel; TTA 1 view (the model)" in printed
+    assert "threshold: swept on validation" in printed
     assert main(["predict", "--model", str(model), "--data", str(root / "test"), "--out", str(out),
                  "--spacing", "12.5"]) == 0
-    assert "assuming 12.5 Å/voxel (--spacing)" in capsys.readouterr().out
+    assert "give none; fixed: assumed 12.5 Å/voxel; TTA 1 view (--spacing)" in capsys.readouterr().out
+    assert main(["predict", "--model", str(model), "--data", str(root / "test"), "--out", str(out),
+                 "--spacing-policy", "multiscale", "--tta", "4"]) == 0
+    assert ("give none; multiscale: read at each of 10, 13.1, 16, 20 Å/voxel, the strongest candidate kept; "
+            "TTA 4 views (--spacing-policy)") in capsys.readouterr().out
 
 
 class BrightSpot(torch.nn.Module):
@@ -203,7 +209,7 @@ def test_predict_on_mrc_files_takes_each_header_spacing(trained, tmp_path, capsy
 
     out = tmp_path / "submission.csv"
     assert main(["predict", "--model", str(model), "--data", str(folder), "--out", str(out)]) == 0
-    assert "1 of 2 tomograms give none; assuming 16 Å/voxel" in capsys.readouterr().out
+    assert "1 of 2 tomograms give none; fixed: assumed 16 Å/voxel" in capsys.readouterr().out
     with open(out, newline="") as handle:
         assert sorted(row["tomo_id"] for row in csv.DictReader(handle)) == ["with_header", "without_header"]
 
@@ -237,3 +243,84 @@ def test_train_resume_flag(trained, tmp_path, capsys):
     assert torch.load(again, weights_only=True)["metrics"] == load_model_file(model).metrics
     code = main(["train", str(experiment), "--out", str(again), "--resume", str(tmp_path)])
     assert code == 2 and "not a training checkpoint" in capsys.readouterr().err
+
+
+def with_quantile(model, folder, quantile):
+    """A copy of ``model`` whose file says the validation threshold predicted ``quantile`` of the tomograms."""
+    payload = torch.load(model, weights_only=True)
+    payload["quantile"] = quantile
+    path = folder / f"quantile-{quantile}.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_quantile_threshold_predicts_the_validation_rate_of_the_tomograms(trained, tmp_path, capsys):
+    root, base, model = trained
+    out = tmp_path / "submission.csv"
+    assert main(["predict", "--model", str(with_quantile(model, tmp_path, 0.67)), "--data", str(root / "test"),
+                 "--out", str(out), "--threshold", "quantile"]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold: quantile, a motor in the 67% of tomograms with the strongest candidates" in printed
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(row["Motor axis 0"] != "-1" for row in rows) == 2 == round(0.67 * 3)
+
+
+@pytest.mark.parametrize(("strategy", "threshold", "quantile", "expected"), [
+    ("swept", 0.5, None, [True, False, False, True]),
+    ("quantile", 0.99, 0.5, [True, False, False, True]),  # the top half, whatever the threshold
+    ("quantile", 0.0, 0.25, [False, False, False, True]),
+    ("quantile", 0.0, 0.9, [True, True, False, True]),  # a tomogram without a candidate never gets one
+])
+def test_decide(strategy, threshold, quantile, expected):
+    from motorsearch.predict import decide
+
+    candidates = [(np.zeros(3), 0.6), (np.zeros(3), 0.2), None, (np.zeros(3), 0.9)]
+    assert decide(candidates, strategy=strategy, threshold=threshold, quantile=quantile) == expected
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--threshold", "quantile", "--model-quantile", "none"],
+     "the quantile threshold needs the validation positive rate in (0, 1], but the model file has quantile=None; "
+     "use --threshold swept."),
+    (["--threshold", "quantile", "--model-quantile", "1.5"], "but the model file has quantile=1.5"),
+    (["--threshold", "quantile", "--model-quantile", "0.5", "--only-one"],
+     "`--threshold quantile` ranks tomograms against each other and needs at least 2, but got 1 tomogram(s)"),
+    (["--spacing", "0"], "`--spacing` must be positive, but got --spacing=0.0."),
+])
+def test_bad_test_time_input_exits_2_and_writes_nothing(trained, tmp_path, capsys, args, message):
+    root, base, model = trained
+    args = list(args)
+    if "--model-quantile" in args:
+        at = args.index("--model-quantile")
+        model = with_quantile(model, tmp_path, None if args[at + 1] == "none" else float(args[at + 1]))
+        del args[at:at + 2]
+    data = root / "test"
+    if "--only-one" in args:
+        args.remove("--only-one")
+        data = tmp_path / "one"
+        data.mkdir()
+        first = sorted((root / "test").iterdir())[0]
+        (data / first.name).symlink_to(first)
+    out = tmp_path / "out" / "submission.csv"
+    assert main(["predict", "--model", str(model), "--data", str(data), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("test_time.spacing=guess", "`test_time.spacing` must be one of fixed, multiscale, but got test_time.spacing='guess'."),
+    ("test_time.tta=3", "`test_time.tta` must be one of 1, 4, 8, 16, but got test_time.tta=3."),
+    ("test_time.assumed_spacing_a=-2", "`test_time.assumed_spacing_a` must be positive or null"),
+    ("test_time.threshold=median", "`test_time.threshold` must be one of swept, quantile"),
+    ("augment.zoom_min=0", "`augment.zoom_min` must be positive, but got augment.zoom_min=0"),
+    ("augment.zoom_max=0.5", "`augment.zoom_max` must be finite and at least zoom_min=1.0, but got augment.zoom_max=0.5"),
+])
+def test_bad_test_time_and_zoom_settings_exit_2_and_write_nothing(trained, tmp_path, capsys, setting, message):
+    root, base, model = trained
+    out = tmp_path / "out" / "model.pt"
+    assert main(["train", str(base / "tiny.yaml"), "--out", str(out), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.parent.exists()

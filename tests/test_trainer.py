@@ -10,6 +10,7 @@ from motorsearch.errors import TrainingDiverged
 from motorsearch.losses import build_loss
 from motorsearch.model import build_model
 from motorsearch.model_file import load_model_file
+from motorsearch.objective import REPORTED_METRICS
 from motorsearch.training.checkpoint import read_checkpoint
 from motorsearch.training.trainer import (
     backward_micro_batch,
@@ -207,8 +208,8 @@ def test_checkpoints_kept_only_for_the_best_and_the_last(dataset, tmp_path):
 
     metrics = reports[-1][1]
     expected_keys = {"epoch", "train_loss", "lr", "val_f2", "val_precision", "val_recall", "val_threshold",
-                     "val_loss", "val_dice", "val_topk_acc", "epoch_time_s"}
-    assert set(metrics) == expected_keys
+                     "val_loss", "val_dice", "val_topk_acc", "val_ap", "val_ap_r90", "val_positive_rate", "epoch_time_s"}
+    assert set(metrics) == expected_keys == set(REPORTED_METRICS)
     assert all(isinstance(v, float) and v == v and abs(v) != float("inf") for v in metrics.values())
     assert metrics["lr"] == pytest.approx(1e-3 * 0.01)  # the schedule ends at min_lr_fraction
 

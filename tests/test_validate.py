@@ -28,10 +28,10 @@ class BlobDetector(torch.nn.Module):
         return 4.0 * F.avg_pool3d(x, STRIDE)
 
 
-def make_tomogram(tmp_path, tomo_id, *, blob, amplitude, motors, seed):
+def make_tomogram(tmp_path, tomo_id, *, blob, amplitude, motors, seed, background=60.0):
     """A uint8 volume: dim noisy background, plus a Gaussian blob (sigma 3 voxels) at ``blob``."""
     rng = np.random.default_rng(seed)
-    volume = 60.0 + rng.normal(0, 3, size=SHAPE)
+    volume = background + rng.normal(0, 3, size=SHAPE)
     if blob is not None:
         grid = np.indices(SHAPE).astype(np.float64)
         volume += amplitude * np.exp(-sum((g - c) ** 2 for g, c in zip(grid, blob, strict=True)) / (2 * 3.0**2))
@@ -164,3 +164,63 @@ def test_top_k_counts_a_motor_among_the_k_highest_voxels():
     assert in_top_k(prob, at, 4, 3)
     assert not in_top_k(prob, at, 4, 2)
     assert in_top_k(prob, np.vstack([np.zeros((1, 3)), at]), 4, 3)  # any of several motors
+
+
+def unknown_spacing_config(**test_time):
+    return from_dict({"data": {"spacing": SPACING}, "model": {"stride": STRIDE}, "sampling": {"patch_size": [16, 32, 32]},
+                      "target": {"sigma_a": 200.0}, "validation": {"overlap": 0.5, "unknown_spacing": True},
+                      "test_time": test_time})
+
+
+@pytest.mark.parametrize("test_time", [{"spacing": "fixed"}, {"spacing": "fixed", "assumed_spacing_a": 40.0},
+                                       {"spacing": "multiscale", "multiscale_spacings_a": [35.0, 50.0, 65.0]}])
+def test_unknown_spacing_finds_what_predict_finds_on_the_original_without_its_spacing(tmp_path, test_time):
+    """The cache holds the tomogram at 50 Å/voxel; its original was 40 Å/voxel. Validation under test
+    conditions must see what ``predict`` sees when given the original and no spacing."""
+    import dataclasses
+
+    from motorsearch.data.preprocess import resample
+    from motorsearch.model_file import LoadedModel
+    from motorsearch.predict import Predictor
+
+    cached = dataclasses.replace(
+        # background at the fixed normalisation's 0: the zero padding of the windows is no brighter
+        make_tomogram(tmp_path, "t", blob=(20, 24, 24), amplitude=120, motors=[(20, 24, 24)], seed=0,
+                      background=122.0),
+        original_spacing=40.0)
+    cfg = unknown_spacing_config(**test_time)
+    (found,) = validate(BlobDetector(), [cached], cfg=cfg, device="cpu").candidates["t"]
+
+    original = resample(np.asarray(cached.volume()), SPACING / 40.0)  # back to the 40 Å grid
+    coords, probability = Predictor(LoadedModel.in_memory(BlobDetector(), cfg)).locate(original, spacing=None)
+    to_cache = np.asarray(SHAPE) / np.asarray(original.shape)
+    np.testing.assert_allclose(found[0], (coords + 0.5) * to_cache - 0.5, atol=1.0)
+    assert found[1] == pytest.approx(probability, abs=0.03)
+    np.testing.assert_allclose(found[0], (20, 24, 24), atol=2.0)  # and it is the motor, in cached voxels
+
+
+def test_unknown_spacing_changes_what_the_model_sees(tmp_path):
+    import dataclasses
+
+    cached = dataclasses.replace(
+        # background at the fixed normalisation's 0: the zero padding of the windows is no brighter
+        make_tomogram(tmp_path, "t", blob=(20, 24, 24), amplitude=120, motors=[(20, 24, 24)], seed=0,
+                      background=122.0),
+        original_spacing=25.0)  # read as 50 Å, the original looks twice too small
+    known = validate(BlobDetector(), [cached], cfg=config(), device="cpu").candidates["t"][0]
+    unknown = validate(BlobDetector(), [cached], cfg=unknown_spacing_config(), device="cpu").candidates["t"][0]
+    assert abs(known[1] - unknown[1]) > 0.02  # a different heatmap...
+    np.testing.assert_allclose(unknown[0], (20, 24, 24), atol=3.0)  # ...mapped back onto the same grid
+
+
+def test_ap_and_positive_rate_follow_the_strongest_candidates(fold):
+    from motorsearch.evaluation.scoring import average_precision
+
+    result = validate(BlobDetector(), fold, cfg=config(), device="cpu")
+    strongest = {t.tomo_id: (result.candidates[t.tomo_id] or [None])[0] for t in fold}
+    truth = {t.tomo_id: t.motors for t in fold}
+    spacing = {t.tomo_id: t.spacing for t in fold}
+    assert result.metrics["val_ap"] == average_precision(truth, strongest, spacing) > 0.0
+    assert result.metrics["val_ap_r90"] == average_precision(truth, strongest, spacing, recall_floor=0.9)
+    predicted = [c is not None and c[1] >= result.threshold for c in strongest.values()]
+    assert result.metrics["val_positive_rate"] == sum(predicted) / len(fold) > 0.0

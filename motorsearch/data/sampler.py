@@ -17,6 +17,13 @@ Where a volume is smaller than the patch along an axis, the origin is negative o
 whole volume lies inside the patch, and the rest is filled with the tomogram's mean grey level
 (rounded; about 0 after "zscore" normalisation); the target uses the same origin, so it stays
 aligned. Augmentation (see ``augment``) moves image and target together.
+
+Zoom (``augment.zoom_min``/``zoom_max``, off at 1/1): a factor ``z`` is drawn log-uniformly
+first, and the patch is cut from a source box of ``patch_size / z`` cached voxels, resampled
+(trilinear) to ``patch_size``. Patch voxel ``j`` (centre ``j``) shows source coordinate
+``origin - 0.5 + (j + 0.5) / z`` per axis, so a motor at source ``m`` sits at patch coordinate
+``(m - origin + 0.5) * z - 0.5``; the target is built there with sigma ``sigma_a * z / spacing``
+voxels, i.e. the same Å on the zoomed grid (whose spacing is ``spacing / z``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from motorsearch.config import AugmentConfig, SamplingConfig, TargetConfig
@@ -45,7 +53,8 @@ class Patch:
 
     ``image`` (D, H, W) float32 normalised; ``target`` (D/s, H/s, W/s) float32 in [0, 1];
     ``origin`` (z, y, x) cached-grid voxel index of the patch's first voxel before
-    ``augmentation``, which was then applied to image and target.
+    ``augmentation``, which was then applied to image and target; ``zoom`` the magnification
+    (the patch shows ``patch_size / zoom`` cached voxels from ``origin``; see the module docstring).
     """
 
     image: np.ndarray
@@ -54,6 +63,7 @@ class Patch:
     tomo_id: str
     origin: tuple[int, int, int]
     augmentation: Augmentation
+    zoom: float = 1.0
 
 
 class PatchDataset(Dataset):
@@ -122,27 +132,30 @@ class PatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         if kind != "random" and not self._motors:
             kind = "random"  # no motor to sample around in these tomograms
+        zoom = draw_zoom(rng, self.augment)
+        size = np.asarray(self.patch_size, dtype=np.float64) / zoom  # the source box, cached voxels
         if kind == "positive":
-            ti, origin = self._positive_origin(rng)
+            ti, origin = self._positive_origin(rng, size)
         elif kind == "hard_negative":
-            ti, origin = self._hard_negative_origin(rng)
+            ti, origin = self._hard_negative_origin(rng, size)
         else:
             ti = int(rng.integers(len(self.tomograms)))
-            low, high = self._origin_range(ti)
+            low, high = self._origin_range(ti, size)
             origin = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high, strict=True))
         tomogram = self.tomograms[ti]
-        target = heatmap(tomogram.motors, origin, self.out_shape, self.stride, self.target.sigma_a / tomogram.spacing)
+        motors = (np.asarray(tomogram.motors, dtype=np.float64).reshape(-1, 3) - origin + 0.5) * zoom - 0.5
+        target = heatmap(motors, (0, 0, 0), self.out_shape, self.stride, self.target.sigma_a * zoom / tomogram.spacing)
         augmentation = draw_augmentation(rng, self.augment, square=self.patch_size[1] == self.patch_size[2])
-        # flips and turns on the raw uint8 patch, then one pass for normalisation and intensity jitter
+        # flips and turns on the raw patch, then one pass for normalisation and intensity jitter
         mean, std = self._intensity_stats(ti)
         alpha, beta = preprocess.normalization_affine(self.normalization, mean=mean, std=std)
         scale, shift = augmentation.scale, augmentation.shift
-        raw = augmentation.geometry(self._read(ti, origin))
+        raw = augmentation.geometry(self._read(ti, origin) if zoom == 1.0 else self._read_zoomed(ti, origin, zoom))
         image = np.multiply(raw, np.float32(alpha * scale), dtype=np.float32, order="C")
         image += np.float32(beta * scale + shift)
         target = np.ascontiguousarray(augmentation.geometry(target))
         return Patch(image=image, target=target, kind=kind, tomo_id=tomogram.tomo_id, origin=origin,
-                     augmentation=augmentation)
+                     augmentation=augmentation, zoom=zoom)
 
     # -----------------------------------------------------------------------------------------
 
@@ -160,35 +173,34 @@ class PatchDataset(Dataset):
             self._kinds = (epoch, rng.permutation(codes))
         return self._kinds[1]
 
-    def _origin_range(self, ti: int) -> tuple[np.ndarray, np.ndarray]:
-        """Lowest and highest allowed origin per axis: inside the volume, or around it if it is smaller."""
-        spare = np.asarray(self.tomograms[ti].shape) - np.asarray(self.patch_size)
+    def _origin_range(self, ti: int, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest allowed origin per axis of a ``size`` box: inside the volume, or
+        around it if it is smaller."""
+        spare = np.asarray(self.tomograms[ti].shape) - np.ceil(size).astype(np.int64)
         return np.minimum(spare, 0), np.maximum(spare, 0)
 
-    def _clip_origin(self, ti: int, origin: np.ndarray) -> tuple[int, int, int]:
-        low, high = self._origin_range(ti)
+    def _clip_origin(self, ti: int, origin: np.ndarray, size: np.ndarray) -> tuple[int, int, int]:
+        low, high = self._origin_range(ti, size)
         return tuple(int(v) for v in np.clip(origin, low, high))
 
-    def _positive_origin(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int]]:
+    def _positive_origin(self, rng: np.random.Generator, size: np.ndarray) -> tuple[int, tuple[int, int, int]]:
         ti, mi = self._motors[int(rng.integers(len(self._motors)))]
         motor = self.tomograms[ti].motors[mi]
-        size = np.asarray(self.patch_size, dtype=np.float64)
         margin = np.minimum(self.stride, (size - 1) // 4)
         offset = rng.uniform(margin, size - margin)
-        return ti, self._clip_origin(ti, np.floor(motor - offset + 0.5))
+        return ti, self._clip_origin(ti, np.floor(motor - offset + 0.5), size)
 
-    def _hard_negative_origin(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int]]:
+    def _hard_negative_origin(self, rng: np.random.Generator, size: np.ndarray) -> tuple[int, tuple[int, int, int]]:
         ti, mi = self._motors[int(rng.integers(len(self._motors)))]
         tomogram = self.tomograms[ti]
         distance = self.sampling.hard_negative_distance_a / tomogram.spacing
         wanted_gap = 2.0 * self.target.sigma_a / tomogram.spacing
-        size = np.asarray(self.patch_size, dtype=np.float64)
         best, best_gap = None, -np.inf
         for _ in range(_HARD_NEGATIVE_TRIES):
             direction = rng.normal(size=3)
             direction /= max(float(np.linalg.norm(direction)), 1e-12)
             centre = tomogram.motors[mi] + distance * direction
-            origin = self._clip_origin(ti, np.floor(centre - size / 2 + 0.5))
+            origin = self._clip_origin(ti, np.floor(centre - size / 2 + 0.5), size)
             gap = _gap_to_box(tomogram.motors, np.asarray(origin), size)
             if gap > best_gap:
                 best, best_gap = origin, gap
@@ -211,20 +223,41 @@ class PatchDataset(Dataset):
             self._stats[ti] = preprocess.volume_stats(self._volume(ti))
         return self._stats[ti]
 
-    def _read(self, ti: int, origin: tuple[int, int, int]) -> np.ndarray:
-        """The raw (D, H, W) uint8 patch at ``origin``, padded with the rounded mean outside the volume."""
+    def _read(self, ti: int, origin: tuple[int, ...], size: tuple[int, ...] | None = None) -> np.ndarray:
+        """The raw uint8 box of ``size`` (default: the patch) at ``origin``, padded with the rounded
+        mean outside the volume."""
+        size = self.patch_size if size is None else tuple(size)
         volume = self._volume(ti)
         source, inside = [], []
-        for start, side, n in zip(origin, self.patch_size, volume.shape, strict=True):
+        for start, side, n in zip(origin, size, volume.shape, strict=True):
             lo, hi = max(start, 0), min(start + side, n)
             source.append(slice(lo, hi))
             inside.append(slice(lo - start, hi - start))
         region = volume[tuple(source)]
-        if region.shape == self.patch_size:
+        if region.shape == size:
             return np.array(region)  # read it now: a view would keep pages of the map alive
-        patch = np.full(self.patch_size, round(self._intensity_stats(ti)[0]), dtype=np.uint8)
+        patch = np.full(size, round(self._intensity_stats(ti)[0]), dtype=np.uint8)
         patch[tuple(inside)] = region
         return patch
+
+    def _read_zoomed(self, ti: int, origin: tuple[int, int, int], zoom: float) -> np.ndarray:
+        """The (D, H, W) float32 patch showing ``patch_size / zoom`` cached voxels from ``origin``,
+        resampled trilinearly (see the module docstring for the coordinates)."""
+        first = np.asarray(origin) - 1  # one voxel of margin on each side for the interpolation
+        size = tuple(int(v) for v in np.ceil(np.asarray(self.patch_size) / zoom) + 3)
+        box = self._read(ti, tuple(int(v) for v in first), size).astype(np.float32)
+        # patch voxel j reads source coordinate origin - 0.5 + (j + 0.5) / zoom, i.e. box coordinate + 1
+        offset = 1.0 - 0.5 + 0.5 / zoom
+        return ndimage.affine_transform(box, np.full(3, 1.0 / zoom), offset=offset, output_shape=self.patch_size,
+                                        order=1, mode="nearest")
+
+
+def draw_zoom(rng: np.random.Generator, config: AugmentConfig) -> float:
+    """A magnification drawn log-uniformly from ``[zoom_min, zoom_max]``; 1.0 (and no draw, so the
+    other draws stay as they were) when augmentation or zoom is off."""
+    if not config.enabled or config.zoom_min == config.zoom_max == 1.0:
+        return 1.0
+    return float(np.exp(rng.uniform(np.log(config.zoom_min), np.log(config.zoom_max))))
 
 
 def _gap_to_box(points: np.ndarray, origin: np.ndarray, size: np.ndarray) -> float:

@@ -18,6 +18,12 @@ convention for the whole volume only when every window starts at a multiple of `
 Logits, not probabilities, are blended (Gaussian importance weights, MONAI ``mode="gaussian"``)
 and the sigmoid is applied once afterwards: averaging logits keeps a confident window's peak
 sharp where averaging probabilities would flatten it.
+
+Test-time augmentation (``tta`` = 4, 8 or 16): the padded volume is also seen turned by quarter
+turns in (y, x) (4), and flipped in z (8), and in z, y or both (16); each view's logits are
+turned back and all are averaged. Because the padded volume is a multiple of ``s`` on every
+axis (and square in y-x, padded further where needed), a flip maps output voxel ``i`` to
+``n/s - 1 - i`` exactly (see ``motorsearch.data.augment``), so the views stay aligned.
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_TTA_FLIPS = {1: [()], 4: [()], 8: [(), (0,)], 16: [(), (0,), (1,), (0, 1)]}
+
+
+def tta_views(tta: int) -> list[tuple[tuple[int, ...], int]]:
+    """The (flip axes, quarter turns in y-x) of each view for ``tta`` in 1, 4, 8, 16."""
+    if tta not in _TTA_FLIPS:
+        raise ValueError(f"`tta` must be one of {', '.join(map(str, _TTA_FLIPS))}, but got tta={tta}.")
+    turns = range(4) if tta > 1 else range(1)
+    return [(flips, k) for flips in _TTA_FLIPS[tta] for k in turns]
 
 
 def predict_volume(
@@ -43,6 +58,7 @@ def predict_volume(
     batch_size: int,
     device: torch.device | str,
     precision: str = "fp32",
+    tta: int = 1,
 ) -> np.ndarray:
     """Motor probability heatmap of a whole tomogram.
 
@@ -56,13 +72,14 @@ def predict_volume(
         device: where the model runs (the model must already be there).
         precision: "fp32", "bf16", "fp16" or "auto" (bf16 where the GPU supports it, else
             fp16); autocast applies on CUDA only, a CPU always runs fp32.
+        tta: views averaged (1, 4, 8 or 16; see the module docstring); costs ``tta`` times as much.
 
     Returns:
         (ceil(Z/stride), ceil(Y/stride), ceil(X/stride)) float32 sigmoid probabilities; voxel
         ``i`` centred at input voxel ``stride*i + (stride - 1)/2`` along each axis.
     """
     logits = predict_logits(model, volume, patch_size=patch_size, stride=stride, overlap=overlap,
-                            batch_size=batch_size, device=device, precision=precision)
+                            batch_size=batch_size, device=device, precision=precision, tta=tta)
     return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
 
@@ -76,14 +93,19 @@ def predict_logits(
     batch_size: int,
     device: torch.device | str,
     precision: str = "fp32",
+    tta: int = 1,
 ) -> np.ndarray:
     """Blended logits (ceil(Z/stride), ceil(Y/stride), ceil(X/stride)) float32; see :func:`predict_volume`."""
     volume = np.asarray(volume)
     patch = tuple(int(p) for p in patch_size)
     _check_arguments(volume, patch, stride, overlap, batch_size, precision)
+    views = tta_views(tta)
     device = torch.device(device)
     out_shape = tuple(math.ceil(n / stride) for n in volume.shape)
     padded_shape = tuple(max(o * stride, p) for o, p in zip(out_shape, patch, strict=True))
+    if tta > 1:  # quarter turns swap y and x: make them equal (and fit the window either way)
+        side = max(padded_shape[1], padded_shape[2], patch[1], patch[2])
+        padded_shape = (padded_shape[0], side, side)
     steps = window_steps(patch, stride, overlap)
     monai_overlap = [0.0 if step == p else 1.0 - (step + 0.5) / p for step, p in zip(steps, patch, strict=True)]
     _check_window_starts(padded_shape, patch, monai_overlap, stride)
@@ -104,14 +126,20 @@ def predict_logits(
 
     was_training = model.training
     model.eval()
+    total = None
     try:
         with torch.inference_mode():
-            stitched = sliding_window_inference(
-                padded, roi_size=patch, sw_batch_size=batch_size, predictor=forward, overlap=monai_overlap,
-                mode="gaussian", sw_device=device, device=device)
+            for flips, turns in views:
+                view = torch.rot90(torch.flip(padded, [a + 2 for a in flips]) if flips else padded, turns, (3, 4))
+                stitched = sliding_window_inference(
+                    view, roi_size=patch, sw_batch_size=batch_size, predictor=forward, overlap=monai_overlap,
+                    mode="gaussian", sw_device=device, device=device)
+                back = torch.rot90(stitched, -turns, (3, 4))
+                back = torch.flip(back, [a + 2 for a in flips]) if flips else back
+                total = back if total is None else total + back
     finally:
         model.train(was_training)
-    stitched = stitched[0, 0, : out_shape[0], : out_shape[1], : out_shape[2]]
+    stitched = total[0, 0, : out_shape[0], : out_shape[1], : out_shape[2]] / len(views)
     return stitched.float().cpu().numpy()
 
 

@@ -135,24 +135,67 @@ def best_threshold(
         (threshold, Score at that threshold); threshold is ``math.inf`` when predicting nothing
         is best.
     """
+    best = (math.inf, f_beta(0, 0, _positives(truth), beta=beta))
+    for threshold, tp, fp, n_positive in _sweep(truth, candidates, spacing, radius_a=radius_a):
+        score = f_beta(tp, fp, n_positive - tp, beta=beta)
+        if score.f2 > best[1].f2:  # strict: on a tie the higher threshold, found first, stays
+            best = (threshold, score)
+    return best
+
+
+def average_precision(
+    truth: Mapping[str, np.ndarray],
+    candidates: Mapping[str, tuple[np.ndarray, float] | None],
+    spacing: Mapping[str, float],
+    *,
+    recall_floor: float = 0.0,
+    radius_a: float = HIT_RADIUS_A,
+) -> float:
+    """Threshold-free ranking quality: average precision over tomograms ranked by their candidate's score.
+
+    Hits follow the competition's rule, as in :func:`best_threshold`: a candidate within 1000 Å
+    (the tomogram's own spacing) of a true motor is a TP, a candidate on a motor-free tomogram is
+    an FP, a far candidate on a motor tomogram is a miss only. Lowering the threshold through the
+    scores (equal scores together), each step adds ``(recall - previous recall) * precision``.
+    With ``recall_floor`` r0 > 0 only recall above r0 counts, divided by ``1 - r0`` (partial AP:
+    how cleanly the last motors are found). 0.0 when ``truth`` holds no motor.
+    """
+    if not 0.0 <= recall_floor < 1.0:
+        raise ValueError(f"`recall_floor` must be in [0, 1), but got recall_floor={recall_floor}.")
+    area, previous = 0.0, recall_floor
+    for _, tp, fp, n_positive in _sweep(truth, candidates, spacing, radius_a=radius_a):
+        if n_positive == 0 or tp + fp == 0:
+            continue
+        recall = tp / n_positive
+        if recall > previous:
+            area += (recall - previous) * tp / (tp + fp)
+            previous = recall
+    return area / (1.0 - recall_floor)
+
+
+def _positives(truth: Mapping[str, np.ndarray]) -> int:
+    return sum(len(np.asarray(motors).reshape(-1, 3)) > 0 for motors in truth.values())
+
+
+def _sweep(truth: Mapping[str, np.ndarray], candidates: Mapping[str, tuple[np.ndarray, float] | None],
+           spacing: Mapping[str, float], *, radius_a: float):
+    """Yield (threshold, TP, FP, motor tomograms) as the threshold falls through the candidates' scores.
+
+    Lowering the threshold in descending order adds candidates one group of equal scores at a
+    time; counts are cumulative, so the sweep is linear after sorting.
+    """
     _check_keys(truth, candidates, spacing)
-    n_positive = 0
+    n_positive = _positives(truth)
     rows = []  # (score, +1 TP | 0 far miss | -1 FP) for each tomogram with a candidate
     for tomo_id, motors in truth.items():
-        positive = len(np.asarray(motors).reshape(-1, 3)) > 0
-        n_positive += positive
         candidate = candidates[tomo_id]
         if candidate is None:
             continue
         coords, score = candidate
-        if not positive:
+        if len(np.asarray(motors).reshape(-1, 3)) == 0:
             rows.append((float(score), -1))
         else:
             rows.append((float(score), 1 if is_hit(motors, coords, radius_a / spacing[tomo_id]) else 0))
-
-    best = (math.inf, f_beta(0, 0, n_positive, beta=beta))
-    # Lowering the threshold through the scores in descending order adds candidates one group
-    # of equal scores at a time; counts are cumulative, so the sweep is linear after sorting.
     rows.sort(key=lambda row: row[0], reverse=True)
     tp = fp = 0
     i = 0
@@ -162,10 +205,7 @@ def best_threshold(
             tp += rows[i][1] == 1
             fp += rows[i][1] == -1
             i += 1
-        score = f_beta(tp, fp, n_positive - tp, beta=beta)
-        if score.f2 > best[1].f2:  # strict: on a tie the higher threshold, found first, stays
-            best = (threshold, score)
-    return best
+        yield threshold, tp, fp, n_positive
 
 
 def score_submission_csv(solution_csv: str | Path, submission_csv: str | Path, *, beta: float = 2.0) -> Score:

@@ -19,6 +19,19 @@ Metrics (keys as logged by the trainer):
   voxel is among the ``top_k`` (default 5) highest heatmap voxels; 0.0 for a fold without motors.
 - ``val_loss`` (only with ``loss_fn``): the loss of the whole-tomogram logits against the
   whole-tomogram target, averaged over tomograms.
+- ``val_ap``: threshold-free — average precision over the tomograms ranked by their strongest
+  candidate's probability, hits by the competition's rule (``scoring.average_precision``);
+  ``val_ap_r90``: the same above recall 0.9 only (partial AP); 0.0 for a fold without motors.
+- ``val_positive_rate``: the fraction of tomograms the threshold predicts a motor in (what
+  ``test_time.threshold: quantile`` predicts on new tomograms).
+
+Heatmaps use ``test_time.tta`` views. With ``validation.unknown_spacing`` the candidates (so
+F2, AP, the threshold) come the way ``predict`` finds them when a tomogram's spacing is unknown:
+the test-time policy's assumed spacings (``predict.Predictor.strongest``). A tomogram cached at
+``S`` Å/voxel from an original at ``s`` that is read as ``A`` is shown to the model as it would
+be in ``predict``: resampled by ``A / s`` from the cache. Scoring still uses the true spacing.
+Dice, top-k and loss stay on the known-spacing heatmap (the model's quality, not the policy's),
+so this costs one more pass per assumed spacing.
 
 Coordinates are voxels (z, y, x) of the cached (resampled) grid; spacings are Å per voxel.
 """
@@ -37,9 +50,10 @@ from motorsearch.data.preprocess import normalize
 from motorsearch.data.targets import heatmap
 from motorsearch.evaluation.inference import predict_logits
 from motorsearch.evaluation.peaks import find_peaks
-from motorsearch.evaluation.scoring import Score, best_threshold
+from motorsearch.evaluation.scoring import Score, average_precision, best_threshold
 
 TOP_K = 5
+PARTIAL_AP_RECALL = 0.9
 DICE_SMOOTH = 1.0
 
 Candidate = tuple[np.ndarray, float]  # (coords (3,) in cached voxels (z, y, x), heatmap probability)
@@ -82,8 +96,8 @@ def validate(
             ``tomo_id``, ``spacing`` (Å/voxel), ``motors`` ((N, 3) cached voxels) and
             ``volume()`` -> (z, y, x) uint8; optional ``mean``/``std`` of the voxels for
             z-score normalisation). All must be labelled.
-        cfg: uses ``data.normalization``, ``sampling.patch_size``, ``model.stride``,
-            ``target.sigma_a``, ``optim.precision`` and the ``validation`` section.
+        cfg: uses ``data.normalization``, ``data.spacing``, ``sampling.patch_size``, ``model.stride``,
+            ``target.sigma_a``, ``optim.precision``, the ``validation`` and ``test_time`` sections.
         device: where inference runs.
         loss_fn: ``loss_fn(logits, target)`` on (1, 1, d, h, w) tensors -> scalar; gives ``val_loss``.
         top_k: how many of the highest heatmap voxels count for ``val_topk_acc``.
@@ -93,6 +107,7 @@ def validate(
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, but got top_k={top_k}.")
     stride = cfg.model.stride
+    under_test = _test_conditions(model, cfg, device) if cfg.validation.unknown_spacing else None
     truth: dict[str, np.ndarray] = {}
     spacing: dict[str, float] = {}
     candidates: dict[str, list[Candidate]] = {}
@@ -111,12 +126,17 @@ def validate(
                            mean=getattr(tomogram, "mean", None), std=getattr(tomogram, "std", None))
         logits = predict_logits(
             model, volume, patch_size=cfg.sampling.patch_size, stride=stride, overlap=cfg.validation.overlap,
-            batch_size=cfg.validation.window_batch_size, device=device, precision=cfg.optim.precision)
+            batch_size=cfg.validation.window_batch_size, device=device, precision=cfg.optim.precision,
+            tta=cfg.test_time.tta)
         del volume
         prob = torch.sigmoid(torch.from_numpy(logits)).numpy()
-        candidates[tomo_id] = find_peaks(
-            prob, stride=stride, max_peaks=cfg.validation.max_motors,
-            nms_radius_vox=cfg.validation.nms_radius_a / spacing[tomo_id])
+        if under_test is None:
+            candidates[tomo_id] = find_peaks(
+                prob, stride=stride, max_peaks=cfg.validation.max_motors,
+                nms_radius_vox=cfg.validation.nms_radius_a / spacing[tomo_id])
+        else:
+            found = under_test(tomogram)
+            candidates[tomo_id] = [found] if found is not None else []
 
         target = heatmap(motors, (0, 0, 0), prob.shape, stride, cfg.target.sigma_a / spacing[tomo_id])
         dice.append(soft_dice(prob, target))
@@ -129,6 +149,7 @@ def validate(
 
     strongest = {tomo_id: (found[0] if found else None) for tomo_id, found in candidates.items()}
     threshold, score = best_threshold(truth, strongest, spacing)
+    predicted = sum(c is not None and c[1] >= threshold for c in strongest.values())
     metrics = {
         "val_f2": score.f2,
         "val_precision": score.precision,
@@ -136,10 +157,30 @@ def validate(
         "val_threshold": float(threshold),
         "val_dice": float(np.mean(dice)),
         "val_topk_acc": float(np.mean(topk_hits)) if topk_hits else 0.0,
+        "val_ap": average_precision(truth, strongest, spacing),
+        "val_ap_r90": average_precision(truth, strongest, spacing, recall_floor=PARTIAL_AP_RECALL),
+        "val_positive_rate": predicted / len(strongest),
     }
     if loss_fn is not None:
         metrics["val_loss"] = float(np.mean(losses))
     return ValidationResult(metrics=metrics, threshold=float(threshold), score=score, candidates=candidates)
+
+
+def _test_conditions(model: torch.nn.Module, cfg: ExperimentConfig,
+                     device: torch.device | str) -> Callable[[Any], Candidate | None]:
+    """tomogram -> its strongest candidate (cached voxels) found as ``predict`` would without its spacing."""
+    from motorsearch.model_file import LoadedModel
+    from motorsearch.predict import Predictor, assumed_spacings
+
+    predictor = Predictor(LoadedModel.in_memory(model, cfg), device=device)
+    assumed = assumed_spacings(cfg.test_time, cfg.data.spacing)
+
+    def candidate(tomogram: Any) -> Candidate | None:
+        # read as A, an original at s shows the model what the cache (at S) resampled by A / s shows
+        to_cache = float(tomogram.spacing) / float(tomogram.original_spacing)
+        return predictor.strongest(np.asarray(tomogram.volume()), [a * to_cache for a in assumed])
+
+    return candidate
 
 
 def soft_dice(prob: np.ndarray, target: np.ndarray, *, smooth: float = DICE_SMOOTH) -> float:

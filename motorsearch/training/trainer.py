@@ -14,7 +14,8 @@ step. Validation runs every ``validation.every`` epochs and always on the last o
 Metrics reported each validation epoch (floats; the names are ``objective.REPORTED_METRICS``): ``epoch``, ``train_loss`` (mean micro-batch
 loss of the epoch), ``lr`` (the head's learning rate at the epoch's end), ``val_f2``,
 ``val_precision``, ``val_recall``, ``val_threshold``, ``val_loss``, ``val_dice``,
-``val_topk_acc`` (see ``evaluation.validate``), ``epoch_time_s``. ``val_threshold`` is
+``val_topk_acc``, ``val_ap``, ``val_ap_r90``, ``val_positive_rate`` (see ``evaluation.validate``),
+``epoch_time_s``. ``val_threshold`` is
 ``THRESHOLD_STAND_IN`` (1.0) when predicting no motor at all scores best (the true threshold is
 then infinite; the model file keeps ``inf``), so every metric stays finite for trackers.
 
@@ -293,7 +294,7 @@ def _write_model(path: Path, model: torch.nn.Module, cfg: ExperimentConfig, resu
     from motorsearch.model_file import save_model_file
 
     save_model_file(path, model=model, cfg=cfg, threshold=result.threshold, metrics=metrics,
-                    extra={"epoch": int(metrics["epoch"])})
+                    extra={"epoch": int(metrics["epoch"])}, quantile=metrics["val_positive_rate"] or None)
 
 
 def _prune(checkpoints: Path, *, keep: set[Path | None]) -> None:
