@@ -43,6 +43,8 @@ optuna-dashboard: $(VENV)/.dashboards
 
 # A Ray head that outlives searches: run them with --address auto. Token auth is on (Ray 2.60's default).
 ray-start: $(STAMP)
+	@$(VENV)/bin/python -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $(RAY_DASHBOARD_PORT))) == 0)" \
+		|| { echo "port $(RAY_DASHBOARD_PORT) is taken (another Ray?); try: make ray-start RAY_DASHBOARD_PORT=8266"; exit 2; }
 	$(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) --disable-usage-stats
 	@echo "Ray dashboard: http://127.0.0.1:$(RAY_DASHBOARD_PORT)  token: $$($(VENV)/bin/ray get-auth-token 2>/dev/null || echo '(token auth is off)')"
 

@@ -103,7 +103,7 @@ def dashboards_message(space: SearchSpace, outcome: SearchOutcome, search: Searc
               f"  or in the terminal: python -m motorsearch best --experiment {space.name}"]
     dashboard = env_command("optuna-dashboard")
     lines.append(f"optuna study: {dashboard} {outcome.study_storage}   (then open {OPTUNA_DASHBOARD})")
-    if "/" not in dashboard and shutil.which(dashboard) is None:
+    if shutil.which(dashboard) is None:
         lines.append("  optuna-dashboard is not installed: `make optuna-dashboard` in the motorsearch checkout installs "
                      "and starts it, or pip install the extra motorsearch[dashboards]")
     cluster = outcome.cluster

@@ -143,14 +143,13 @@ def dashboard_message(info: ClusterInfo) -> str:
 def env_command(tool: str) -> str:
     """How to type console script ``tool`` of the Python environment running motorsearch, from the
     current directory: ``.venv/bin/mlflow`` when the environment is not activated (``make`` never
-    activates it), the bare name when the shell finds that same script first."""
+    activates it), the bare name when the shell finds that same script first. A script not installed
+    yet gets the path it will have, so the command works once it is."""
     import shutil
 
-    script = Path(sys.executable).parent / tool
-    if not script.is_file():
-        return tool
+    script = Path(sys.executable).parent / tool  # where it is, or will be once installed (an optional extra)
     found = shutil.which(tool)
-    if found and Path(found).resolve() == script.resolve():
+    if found and script.is_file() and Path(found).resolve() == script.resolve():
         return tool
     try:
         return str(script.relative_to(Path.cwd()))
