@@ -29,6 +29,10 @@ def test_run_logs_to_mlflow_then_export_and_predict(tmp_path: Path, monkeypatch:
     out = capsys.readouterr().out
     assert "leaderboard (best_val_f2, max; finished trials first) of 2 trials" in out and "mlflow: experiment 'cli_e2e'" in out
 
+    # Tune's result files, without a TensorBoard logger or its hint for a tool the project does not install
+    assert "tensorboard" not in out.lower() and not list((tmp_path / "runs").rglob("events.out.tfevents*"))
+    assert len(list((tmp_path / "runs").rglob("progress.csv"))) == len(list((tmp_path / "runs").rglob("result.json"))) == 2
+
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cli_e2e")
     runs = client.search_runs([experiment.experiment_id])

@@ -17,6 +17,7 @@ the experiment; on resume the ones given now replace the saved ones.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ _MAX_PREPARED_VARIANTS = 16
 # benchmarks/bench_endings.py), but a function trainable cannot reset itself, and Ray's reuse
 # after an ASHA stop errored the next trial ("Could not re-use actor") or hung the whole search.
 REUSE_ACTORS = False
+# Tune adds a TensorBoard logger unless this is "1", and then prints a `tensorboard --logdir` hint
+# for a tool the project does not install; the CSV and JSON loggers results rely on are added by
+# `_loggers` instead.
+_NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 @dataclass
@@ -108,19 +113,25 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
     if resume:
         reopen_waiting(study_storage, space.name)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-        if callbacks:
-            tuner._local_tuner.get_run_config().callbacks = list(callbacks)  # saved ones may be stale
+        if callbacks:  # saved ones may be stale
+            tuner._local_tuner.get_run_config().callbacks = _loggers(callbacks)
         print(f"resuming the search at {path}", file=out)
     else:
         remove_stale_study(study_storage)
         tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
                            run_config=_run_config(space, callbacks, verbose))
         print(f"search {space.name!r}: {space.num_samples} trials, results in {path}", file=out)
+    before, os.environ[_NO_AUTO_LOGGERS] = os.environ.get(_NO_AUTO_LOGGERS), "1"
     try:
         results = tuner.fit()
     except BaseException:  # e.g. a second Ctrl-C: the trials still running wait for --resume
         settle_study(study_storage, space.name, search_ended=False)
         raise
+    finally:
+        if before is None:
+            os.environ.pop(_NO_AUTO_LOGGERS, None)
+        else:
+            os.environ[_NO_AUTO_LOGGERS] = before
     board = leaderboard(results, space)
     spent = sum(row.epochs_run for row in board)
     budget_spent = space.budget_epochs is not None and spent >= space.budget_epochs
@@ -226,7 +237,7 @@ def _run_config(space: SearchSpace, callbacks: Sequence[Any], verbose: int) -> A
     return tune.RunConfig(
         name=space.name,
         storage_path=space.storage_path,
-        callbacks=list(callbacks) or None,
+        callbacks=_loggers(callbacks),
         stop=_budget(space),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep,
                                                 checkpoint_score_attribute=space.metric,
@@ -234,6 +245,13 @@ def _run_config(space: SearchSpace, callbacks: Sequence[Any], verbose: int) -> A
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
         verbose=verbose,
     )
+
+
+def _loggers(callbacks: Sequence[Any]) -> list[Any]:
+    """``callbacks`` plus Tune's CSV and JSON result loggers (``progress.csv``, ``result.json``)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [*callbacks, CSVLoggerCallback(), JsonLoggerCallback()]
 
 
 def _budget(space: SearchSpace) -> Any:
