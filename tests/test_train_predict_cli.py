@@ -228,8 +228,11 @@ def test_experiment_files_load():
     folder = Path(__file__).resolve().parents[1] / "experiments"
     demo = load_experiment(folder / "synthetic_demo.yaml")
     assert demo.data.root is None and demo.device == "cpu" and demo.model.preset == "tiny"
+    assert (demo.augment.zoom_min, demo.augment.zoom_max) == (0.75, 1.65)
     byu = load_experiment(folder / "byu.yaml", ["data.root=/somewhere"])
     assert (byu.data.spacing, byu.model.stride, byu.target.sigma_a, byu.optim.precision) == (16.0, 16, 200.0, "auto")
+    assert byu.validation.unknown_spacing and (byu.test_time.spacing, byu.test_time.assumed_spacing_a) == ("fixed", 13.1)
+    assert (byu.augment.zoom_min, byu.augment.zoom_max) == (0.6, 1.2)
 
 
 def test_train_resume_flag(trained, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The search-space file: what a search varies, how it schedules trials, where it runs.
 
 A space file (``search_spaces/*.yaml``) names a base experiment, fixed ``overrides`` and
-``parameters`` over dotted config paths; see README "The search-space file" for every key.
+``parameters`` over dotted config paths; docs/search.md ("The search-space file") lists every key.
 Loading is strict: unknown keys get a did-you-mean error, every bound and choice is checked
 against the ExperimentConfig field it samples (type and range, by building a config with it;
 names of losses and model presets against their registries), and all problems surface as
