@@ -102,8 +102,10 @@ def test_shipped_space_files_load() -> None:
     demo = load_space(repo / "search_spaces" / "demo.yaml")
     assert (demo.resources.gpu, demo.scheduler.type, demo.num_samples) == (0.0, "asha", 8)
     byu = load_space(repo / "search_spaces" / "byu.yaml")
-    assert byu.resources.gpu == 0.25 and {"loss.gamma", "data.spacing", "optim.backbone_lr_ratio"} <= {
+    assert byu.resources.gpu == 0.25 and {"loss.gamma", "data.spacing", "optim.backbone_lr_ratio", "augment.zoom_min",
+                                          "test_time.spacing", "test_time.assumed_spacing_a"} <= {
         p.path for p in byu.parameters}
+    assert byu.objective.value_key == "best_val_ap" and byu.base.validation.unknown_spacing
 
 
 def test_cli_exits_2_on_a_bad_space_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
