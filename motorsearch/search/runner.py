@@ -17,13 +17,13 @@ the experiment; on resume the ones given now replace the saved ones.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from motorsearch.environment import restored
 from motorsearch.errors import ConfigError, InputError
 from motorsearch.search.cluster import ClusterInfo, check_request, check_storage, connect, dashboard_message
 from motorsearch.search.space import SearchSpace, is_uri
@@ -121,17 +121,12 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
         tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
                            run_config=_run_config(space, callbacks, verbose))
         print(f"search {space.name!r}: {space.num_samples} trials, results in {path}", file=out)
-    before, os.environ[_NO_AUTO_LOGGERS] = os.environ.get(_NO_AUTO_LOGGERS), "1"
     try:
-        results = tuner.fit()
+        with restored(_NO_AUTO_LOGGERS, "1"):
+            results = tuner.fit()
     except BaseException:  # e.g. a second Ctrl-C: the trials still running wait for --resume
         settle_study(study_storage, space.name, search_ended=False)
         raise
-    finally:
-        if before is None:
-            os.environ.pop(_NO_AUTO_LOGGERS, None)
-        else:
-            os.environ[_NO_AUTO_LOGGERS] = before
     board = leaderboard(results, space)
     spent = sum(row.epochs_run for row in board)
     budget_spent = space.budget_epochs is not None and spent >= space.budget_epochs

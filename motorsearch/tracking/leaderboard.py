@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from motorsearch.environment import restored
 from motorsearch.errors import ConfigError, InputError
 from motorsearch.objective import Objective
 from motorsearch.registry import did_you_mean
@@ -312,12 +313,5 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     restores "no URI": the user's variable is put back as it was."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    before = os.environ.get(ENV_VAR)
-    try:
-        with _use_tracking_uri(uri):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = before
+    with restored(ENV_VAR), _use_tracking_uri(uri):
+        yield
