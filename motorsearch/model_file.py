@@ -4,10 +4,16 @@ A model file is ``torch.save`` of a dict of plain Python values and tensors, so 
 ``torch.load(path, weights_only=True)`` (no code runs on load)::
 
     format            "motorsearch-model"
-    format_version    FORMAT_VERSION (1)
+    format_version    FORMAT_VERSION (2; version 1 files, without ``sha256``, are read when a
+                      ``.sha256`` sidecar vouches for them)
     motorsearch_version
+    sha256            :func:`content_sha256` of everything else in the file: a changed byte is
+                      refused even where no sidecar travels with the file
     state_dict        the MotorIdentifier weights (CPU tensors)
     architecture      MotorIdentifier(**architecture) rebuilds the network
+    members           (an ensemble, instead of state_dict/architecture) a list of
+                      {state_dict, architecture, metrics, extra}, one per member; the loaded
+                      model is a ``MotorEnsemble`` that averages their heatmaps
     preprocessing     spacing (Å/voxel of the training grid, None = native grid),
                       normalization ("fixed" | "zscore"), patch_size [z, y, x] voxels, stride,
                       overlap, window_batch_size, max_motors, nms_radius_a (Å), precision,
@@ -21,8 +27,9 @@ A model file is ``torch.save`` of a dict of plain Python values and tensors, so 
     extra             anything else the caller added (plain values)
 
 Files are written atomically (temporary name in the same folder, then ``os.replace``).
-``write_checksum`` adds ``<file>.sha256`` in ``sha256sum`` format; ``load_model_file`` checks it
-whenever it exists.
+``write_checksum`` adds ``<file>.sha256`` in ``sha256sum`` format (the digest of the file's bytes,
+for ``sha256sum -c`` and MLflow); ``load_model_file`` checks it whenever it exists, and always
+checks the ``sha256`` inside.
 """
 
 from __future__ import annotations
@@ -43,8 +50,11 @@ from motorsearch.config import ExperimentConfig, from_dict
 from motorsearch.errors import ModelFileError
 
 FORMAT = "motorsearch-model"
-FORMAT_VERSION = 1
-_REQUIRED = ("state_dict", "architecture", "preprocessing", "threshold", "metrics", "config")
+FORMAT_VERSION = 2
+_UNSEALED_VERSION = 1  # files from before the inner sha256: read only with a sidecar
+_REQUIRED = ("preprocessing", "threshold", "metrics", "config")
+_NETWORK = ("state_dict", "architecture")  # a single model; an ensemble has ``members`` instead
+SEAL = "sha256"
 
 
 @dataclass
@@ -62,6 +72,7 @@ class LoadedModel:
     path: Path
     extra: dict[str, Any] = field(default_factory=dict)
     quantile: float | None = None
+    members: int = 1  # > 1: an ensemble whose heatmaps are averaged
 
     def experiment_config(self) -> ExperimentConfig:
         """The experiment config the model was trained with, rebuilt and validated."""
@@ -102,7 +113,7 @@ def model_payload(*, model: torch.nn.Module, cfg: ExperimentConfig, threshold: f
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "motorsearch_version": __version__,
-        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
+        "state_dict": _cpu_weights(model),
         "architecture": dict(architecture),
         "preprocessing": preprocessing_of(cfg),
         "threshold": float(threshold),
@@ -113,25 +124,107 @@ def model_payload(*, model: torch.nn.Module, cfg: ExperimentConfig, threshold: f
     }
 
 
-def save_model_file(path: str | Path, *, model: torch.nn.Module, cfg: ExperimentConfig, threshold: float,
-                    metrics: dict[str, float], extra: dict[str, Any] | None = None,
-                    quantile: float | None = None) -> Path:
-    """Write the model file to ``path`` atomically; returns ``path``.
+def ensemble_payload(members: list[LoadedModel], *, threshold: float, metrics: dict[str, float],
+                     quantile: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dict of an ensemble file of the loaded model files ``members``.
+
+    ModelFileError when the members do not prepare a tomogram the same way (:func:`preprocessing_mismatch`).
+    The ensemble keeps the first member's preprocessing and config; each member keeps its weights,
+    architecture, metrics and extra.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member.")
+    for member in members[1:]:
+        difference = preprocessing_mismatch(members[0], member)
+        if difference:
+            raise ModelFileError(f"{member.path}: cannot join an ensemble with {members[0].path}: {difference}.")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "motorsearch_version": __version__,
+        "members": [{"state_dict": _cpu_weights(m.model), "architecture": dict(m.architecture),
+                     "metrics": dict(m.metrics), "extra": dict(m.extra)} for m in members],
+        "preprocessing": dict(members[0].preprocessing),
+        "threshold": float(threshold),
+        "quantile": None if quantile is None else float(quantile),
+        "metrics": {str(k): float(v) for k, v in metrics.items()},
+        "config": dict(members[0].config),
+        "extra": dict(extra or {}),
+    }
+
+
+def preprocessing_mismatch(first: LoadedModel, other: LoadedModel) -> str | None:
+    """How ``other`` prepares or reads a tomogram differently from ``first`` (None: the same), e.g.
+    ``"stride 16 vs 8"``: members of an ensemble must share every preprocessing value."""
+    if first.members > 1 or other.members > 1:
+        return "an ensemble cannot be a member of another"
+    for key in sorted(set(first.preprocessing) | set(other.preprocessing)):
+        a, b = first.preprocessing.get(key), other.preprocessing.get(key)
+        if a != b:
+            return f"{key} {a!r} vs {b!r}"
+    return None
+
+
+def content_sha256(payload: dict[str, Any]) -> str:
+    """The sha256 of a model file's content: every key but ``sha256``, tensors by dtype, shape and bytes.
+
+    Independent of how ``torch.save`` lays the bytes out, so it survives a round trip through
+    ``torch.load`` and changes with any value or weight.
+    """
+    digest = hashlib.sha256()
+
+    def feed(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}:tensor:{flat.dtype}:{tuple(value.shape)};".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"{where}:dict:{len(value)};".encode())
+            for key in sorted(value, key=str):
+                feed(value[key], f"{where}/{key}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{where}:{type(value).__name__}:{len(value)};".encode())
+            for index, item in enumerate(value):
+                feed(item, f"{where}/{index}")
+        else:
+            digest.update(f"{where}:{type(value).__name__}={value!r};".encode())
+
+    feed({key: value for key, value in payload.items() if key != SEAL}, "")
+    return digest.hexdigest()
+
+
+def seal(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with its :func:`content_sha256` under ``sha256``."""
+    return {**payload, SEAL: content_sha256(payload)}
+
+
+def write_model_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Seal ``payload`` and write it to ``path`` atomically; returns ``path``.
 
     A ``<path>.sha256`` left from an earlier file of that name is removed (it describes other bytes).
     """
     path = Path(path)
-    payload = model_payload(model=model, cfg=cfg, threshold=threshold, metrics=metrics, extra=extra,
-                            quantile=quantile)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        torch.save(payload, tmp)
+        torch.save(seal(payload), tmp)
         checksum_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_model_file(path: str | Path, *, model: torch.nn.Module, cfg: ExperimentConfig, threshold: float,
+                    metrics: dict[str, float], extra: dict[str, Any] | None = None,
+                    quantile: float | None = None) -> Path:
+    """Write the model file to ``path`` atomically (:func:`write_model_payload`); returns ``path``."""
+    return write_model_payload(path, model_payload(model=model, cfg=cfg, threshold=threshold, metrics=metrics,
+                                                   extra=extra, quantile=quantile))
+
+
+def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
 
 
 def checksum_path(path: str | Path) -> Path:
@@ -174,47 +267,75 @@ def verify_checksum(path: str | Path) -> bool:
 
 
 def load_model_file(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model file written by ``save_model_file``; the model is in eval mode on ``device``.
+    """Load a model file written by ``save_model_file`` (or an ensemble file); the model is in eval
+    mode on ``device``.
 
-    Raises ModelFileError (exit code 2 in the CLI) for a missing file, a checksum mismatch, a file
-    that is not a torch file or is truncated, one that is not a motorsearch model, an unknown
-    ``format_version``, or weights that do not fit the stored architecture.
+    Raises ModelFileError (exit code 2 in the CLI) for a missing file, a checksum mismatch (the
+    sidecar's or the one inside), a file that is not a torch file or is truncated, one that is not
+    a motorsearch model, an unknown ``format_version``, a version 1 file without a sidecar, or
+    weights that do not fit the stored architecture.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file.")
-    verify_checksum(path)
+    vouched = verify_checksum(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or truncated bytes
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelFileError(f"{path}: not a readable model file (corrupted, truncated or not a torch file): "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                             f"{type(exc).__name__}: {first}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a motorsearch model file (expected format={FORMAT!r}).")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, _UNSEALED_VERSION):
         raise ModelFileError(f"{path}: unknown model file format_version={version!r}; this motorsearch "
                              f"({__version__}) reads format_version={FORMAT_VERSION}.")
-    missing = [key for key in _REQUIRED if key not in payload]
+    if version == _UNSEALED_VERSION and not vouched:
+        raise ModelFileError(f"{path}: a format_version=1 model file carries no checksum of its own and has no "
+                             f"{checksum_path(path).name} beside it, so it cannot be verified; export it again.")
+    ensemble = "members" in payload
+    missing = [key for key in (*(("members",) if ensemble else _NETWORK), *_REQUIRED) if key not in payload]
     if missing:
         raise ModelFileError(f"{path}: the model file lacks {', '.join(missing)}; it is damaged.")
+    if version == FORMAT_VERSION and payload.get(SEAL) != content_sha256(payload):
+        raise ModelFileError(f"{path}: its content does not match the sha256 written inside it; the file was "
+                             "changed or damaged.")
 
-    from motorsearch.model.fpn import MotorIdentifier
+    if ensemble:
+        members = payload["members"]
+        if not isinstance(members, list) or not members:
+            raise ModelFileError(f"{path}: `members` must be a non-empty list; the file is damaged.")
+        from motorsearch.model.ensemble import MotorEnsemble
 
-    try:
-        model = MotorIdentifier(**payload["architecture"])
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: the stored weights do not fit the stored architecture: "
-                             f"{str(exc).splitlines()[0]}") from None
+        model = MotorEnsemble([_network(path, m.get("architecture"), m.get("state_dict"), f"member {i}")
+                               for i, m in enumerate(members)])
+        architecture = dict(model.architecture)
+    else:
+        model = _network(path, payload["architecture"], payload["state_dict"], "the stored weights")
+        architecture = dict(payload["architecture"])
     model.to(device).eval()
     threshold = float(payload["threshold"])
     if math.isnan(threshold):
         raise ModelFileError(f"{path}: `threshold` must be a number, but got threshold=nan.")
     return LoadedModel(
-        model=model, architecture=dict(payload["architecture"]), preprocessing=dict(payload["preprocessing"]),
+        model=model, architecture=architecture, preprocessing=dict(payload["preprocessing"]),
         threshold=threshold, metrics=dict(payload["metrics"]), config=dict(payload["config"]),
         format_version=int(version), motorsearch_version=str(payload.get("motorsearch_version", "?")),
         path=path, extra=dict(payload.get("extra") or {}),
         quantile=None if payload.get("quantile") is None else float(payload["quantile"]),
+        members=len(payload["members"]) if ensemble else 1,
     )
+
+
+def _network(path: Path, architecture: Any, state_dict: Any, what: str) -> torch.nn.Module:
+    """MotorIdentifier(**architecture) holding ``state_dict``; ModelFileError when they do not fit."""
+    from motorsearch.model.fpn import MotorIdentifier
+
+    try:
+        model = MotorIdentifier(**architecture)
+        model.load_state_dict(state_dict, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: {what} do not fit the stored architecture: "
+                             f"{str(exc).splitlines()[0]}") from None
+    return model
