@@ -14,7 +14,7 @@ combined report.
   resampling) through ``predict_volume`` (windows 64 x 128 x 128, overlap 0.5, Gaussian
   blending). On the CPU the whole volume would take minutes, so a sub-volume is timed and the
   time extrapolated by the number of windows; the note says so.
-- With CUDA: the same in bf16 (4m and 16m presets, training patches 128 x 256 x 256), inference
+- With CUDA: the same in the precision ``precision: auto`` picks (bf16, fp16 before Ampere; 4m and 16m presets, training patches 128 x 256 x 256), inference
   of the whole volume timed for real, and the fraction of ``--peak-tflops`` reached.
 """
 
@@ -32,7 +32,8 @@ from motorsearch.config import ExperimentConfig, ModelConfig
 from motorsearch.evaluation.inference import predict_volume, window_steps
 from motorsearch.losses import build_loss
 from motorsearch.model import build_model
-from motorsearch.training.trainer import build_optimizer, optimizer_step
+from motorsearch.training.device import autocast_dtype, resolve_precision
+from motorsearch.training.trainer import backward_micro_batch, build_optimizer, optimizer_step
 
 TOMOGRAM = (300, 960, 928)  # voxels at 16 Å
 WINDOW = (64, 128, 128)
@@ -83,15 +84,15 @@ def _training(preset: str, device: torch.device, *, patch, batch: int, steps: in
     model = build_model(cfg.model).to(device).train()
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg.loss)
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    dtype = autocast_dtype(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images = torch.randn(batch, 1, *patch, device=device)
     targets = torch.rand(batch, 1, *(p // 16 for p in patch), device=device)
 
     def step() -> None:
         with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
-        loss_fn(logits.float(), targets).backward()
+        backward_micro_batch(loss_fn(logits.float(), targets), scaler, 1)
         optimizer_step(model, optimizer, scaler, grad_clip=1.0)
 
     step()  # warm-up: allocations, cuDNN autotuning
@@ -149,7 +150,7 @@ def _cpu_inference(preset: str, quick: bool) -> dict:
 
 def _cuda(quick: bool, peak_tflops: float | None) -> list[dict]:
     device = torch.device("cuda")
-    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    precision = resolve_precision("auto", device)
     name = torch.cuda.get_device_name(device)
     patch = (64, 128, 128) if quick else (128, 256, 256)
     rows = [_training(preset, device, patch=patch, batch=2, steps=3 if quick else 10, precision=precision,

@@ -446,6 +446,25 @@ def test_raycluster_gpu_workers_and_shared_storage_at_the_same_path():
     assert head_mounts["/workspace/.motorsearch"][0] == claim  # the cache on the same shared volume
 
 
+def test_raycluster_gpu_workers_fit_as_many_byu_trials_by_cpu_as_by_gpu():
+    # a worker with too few CPUs leaves part of each card idle (8 CPUs ran two 0.25-GPU trials, not four)
+    resources = yaml.safe_load((REPO / "search_spaces" / "byu.yaml").read_text())["resources"]
+    for group in k8s_object("RayCluster")["spec"]["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert "num-cpus" not in group["rayStartParams"] and "num-gpus" not in group["rayStartParams"]
+        by_gpu = int(limits["nvidia.com/gpu"]) / resources["gpu"]
+        by_cpu = int(limits["cpu"]) // resources["cpu"]
+        assert (by_cpu, by_gpu) == (4, 4), (group["groupName"], limits, resources)
+
+
+def test_gpu_image_checks_the_cuda_of_its_torch_and_names_the_driver_it_needs():
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "torch.version.cuda" in text and "${TORCH_INDEX##*/cu}" in text
+    assert "R580" in text and "R580" in (REPO / "README.md").read_text() and "R580" in (DOCKER / "README.md").read_text()
+    index = build_args(dockerfile_instructions("Dockerfile"))["TORCH_INDEX"]
+    assert index.rsplit("/cu", 1)[1] == "130"  # what the shell expansion compares torch.version.cuda with
+
+
 def mlflow_service_url() -> str:
     service = k8s_object("Service", "mlflow")
     return f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"

@@ -6,6 +6,7 @@ back to the CPU because CUDA itself is absent here, and says so in its results.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from search_support import tiny_dataset, write_space
 
 from motorsearch.errors import InputError
 from motorsearch.search.runner import run_search
-from motorsearch.search.space import load_space
+from motorsearch.search.space import Resources, load_space
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,12 @@ def test_four_half_gpu_trials_share_two_gpus_concurrently(fake_gpu_ray, data: Pa
 
 def test_more_gpus_than_any_node_has_fails_fast(fake_gpu_ray, data: Path, tmp_path: Path) -> None:
     path = write_space(tmp_path / "space.yaml", data=data, cache=tmp_path / "cache", storage=tmp_path / "runs",
-                       resources={"cpu": 1, "gpu": 3})
+                       resources={"cpu": 1, "gpu": 1})
     started = time.perf_counter()
     with pytest.raises(InputError) as info:
-        run_search(load_space(path), verbose=0, out=io.StringIO())
+        # a space file refuses gpu > 1; the cluster check guards spaces built in code
+        run_search(dataclasses.replace(load_space(path), resources=Resources(cpu=1, gpu=3)), verbose=0,
+                   out=io.StringIO())
     assert time.perf_counter() - started < 10
     assert str(info.value).startswith("resources.gpu=3 but no node has more than 2 GPU(s) "
                                       "(cluster resources: CPU 2, GPU 2)")

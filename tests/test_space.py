@@ -157,7 +157,8 @@ def test_uri_storage_stays_a_uri(tmp_path: Path) -> None:
      "`parameters.test_time.spacing` can take 'guess', which the experiment config rejects"),
     ({"overrides": {"validation.unknown_spacing": True, "data.spacing": None}},
      "`validation.unknown_spacing` needs a training spacing (data.spacing)"),
-    ({"resources": {"gpu": 1.5}}, "`resources.gpu` above 1 must be a whole number of GPUs"),
+    ({"resources": {"gpu": 2}}, "`resources.gpu` must be at most 1 (a trial trains on one GPU; use fractions such "
+                                "as 0.25 to share a card), but got resources.gpu=2."),
     ({"resources": {"cpu": 0}}, "`resources.cpu` must be positive, but got resources.cpu=0.0."),
     ({"resources": {"gpus": 1}}, "unknown key 'resources.gpus'. Did you mean 'resources.gpu'?"),
     ({"scheduler": {"type": "hyperband"}}, "`scheduler.type` must be one of asha, none, but got "

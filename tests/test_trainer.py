@@ -17,6 +17,7 @@ from motorsearch.training.trainer import (
     build_optimizer,
     fit,
     optimizer_step,
+    restore_scaler,
     steps_per_epoch,
 )
 
@@ -108,7 +109,7 @@ def test_clipping_after_unscaling_once_per_step(grad_clip, expected_update):
     norm = optimizer_step(model, optimizer, scaler, grad_clip=grad_clip)
     torch.testing.assert_close(model.w.detach(), torch.tensor(expected_update), rtol=1e-5, atol=1e-6)
     if grad_clip is not None:
-        assert norm == pytest.approx(5.024938, rel=1e-5)
+        assert float(norm) == pytest.approx(5.024938, rel=1e-5)
     assert model.w.grad is None
 
 
@@ -228,6 +229,68 @@ def test_a_tie_goes_to_the_later_epoch(dataset, tmp_path):
     result = fit(cfg, workdir=tmp_path, cache=cache, metric="lr", mode="max")
     assert [h["lr"] for h in result.history] == [1e-3, 1e-3]
     assert result.best_epoch == 2 and result.best_checkpoint == result.last_checkpoint
+
+
+def fp16_scaler_state() -> dict:
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    return scaler.state_dict()
+
+
+def test_scaler_state_resumes_across_precisions():
+    disabled_state = torch.amp.GradScaler("cpu", enabled=False).state_dict()
+    assert disabled_state == {}  # what an fp32/bf16/CPU checkpoint holds
+    with pytest.raises(RuntimeError, match="empty"):  # the crash restore_scaler avoids
+        torch.amp.GradScaler("cpu").load_state_dict(disabled_state)
+
+    enabled = torch.amp.GradScaler("cpu")  # fp32 checkpoint resumed in fp16: a fresh scale
+    restore_scaler(enabled, disabled_state)
+    assert enabled.state_dict()["scale"] == 65536.0
+    restore_scaler(enabled, fp16_scaler_state())  # fp16 -> fp16: the saved scale
+    assert enabled.state_dict()["scale"] == 512.0 and enabled.state_dict()["growth_interval"] == 7
+    disabled = torch.amp.GradScaler("cpu", enabled=False)  # fp16 checkpoint resumed in fp32
+    restore_scaler(disabled, fp16_scaler_state())
+    assert disabled.state_dict() == {}
+
+
+def test_an_fp16_checkpoint_resumes_in_fp32(dataset, tmp_path):
+    root, base, cache = dataset
+    cfg = make_cfg(root, base, optim={"epochs": 2})
+    first = fit(make_cfg(root, base, optim={"epochs": 1}), workdir=tmp_path / "a", cache=cache)
+    state = read_checkpoint(first.last_checkpoint)
+    state["scaler"] = fp16_scaler_state()  # as a GPU trial in fp16 would have saved it
+    torch.save(state, first.last_checkpoint / "state.pt")
+    resumed = fit(cfg, workdir=tmp_path / "b", cache=cache, resume_from=first.last_checkpoint)
+    assert [h["epoch"] for h in resumed.history] == [1.0, 2.0]
+    assert read_checkpoint(resumed.last_checkpoint)["scaler"] == {}
+
+
+def test_a_trial_stopped_inside_report_leaves_no_model_or_optimizer_alive(dataset, tmp_path, monkeypatch):
+    import weakref
+
+    import motorsearch.model
+
+    root, base, cache = dataset
+    models = []
+
+    def build_and_watch(cfg):
+        model = real_build(cfg)
+        models.append(weakref.ref(model))
+        return model
+
+    real_build = motorsearch.model.build_model
+    monkeypatch.setattr(motorsearch.model, "build_model", build_and_watch)
+
+    def stopped_by_asha(epoch, metrics, folder):
+        raise SystemExit(0)  # how Ray stops a pruned function trainable
+
+    try:
+        fit(make_cfg(root, base, optim={"epochs": 2}), workdir=tmp_path, cache=cache, report=stopped_by_asha)
+    except SystemExit as exc:
+        # still inside the handler, the exception and its traceback alive, as in Ray's own
+        assert exc.__traceback__ is not None
+        assert len(models) == 1 and models[0]() is None
+    else:
+        pytest.fail("fit did not raise")
 
 
 @pytest.mark.parametrize(("requested", "expected"), [("auto", "fp32"), ("fp32", "fp32"), ("bf16", "fp32"),

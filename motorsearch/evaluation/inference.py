@@ -36,7 +36,8 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from motorsearch.training.device import PRECISIONS, autocast_dtype, resolve_precision
+
 _TTA_FLIPS = {1: [()], 4: [()], 8: [(), (0,)], 16: [(), (0,), (1,), (0, 1)]}
 
 
@@ -70,8 +71,8 @@ def predict_volume(
         overlap: fraction of a window shared with the next, in [0, 1).
         batch_size: windows per forward pass.
         device: where the model runs (the model must already be there).
-        precision: "fp32", "bf16", "fp16" or "auto" (bf16 where the GPU supports it, else
-            fp16); autocast applies on CUDA only, a CPU always runs fp32.
+        precision: "fp32", "bf16", "fp16" or "auto", resolved by
+            ``motorsearch.training.device.resolve_precision`` (a CPU always runs fp32).
         tta: views averaged (1, 4, 8 or 16; see the module docstring); costs ``tta`` times as much.
 
     Returns:
@@ -114,10 +115,10 @@ def predict_logits(
     padded[0, 0, : volume.shape[0], : volume.shape[1], : volume.shape[2]] = torch.from_numpy(
         np.ascontiguousarray(volume, dtype=np.float32))
     expected_out = tuple(p // stride for p in patch)
-    autocast_dtype = _autocast_dtype(precision, device)
+    amp_dtype = _autocast_dtype(precision, device)
 
     def forward(windows: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type="cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(windows)
         if tuple(logits.shape) != (windows.shape[0], 1, *expected_out):
             raise ValueError(f"the model must map a (B, 1, *{patch}) window to (B, 1, *{expected_out}) logits "
@@ -148,18 +149,8 @@ def window_steps(patch: Sequence[int], stride: int, overlap: float) -> tuple[int
     return tuple(max(stride, int(p * (1.0 - overlap)) // stride * stride) for p in patch)
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """The precision actually used: "fp32" on CPU; "auto" becomes "bf16" or "fp16" on CUDA."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision, device)]
+    return autocast_dtype(resolve_precision(precision, device))
 
 
 def _check_arguments(volume: np.ndarray, patch: tuple[int, ...], stride: int, overlap: float,

@@ -354,9 +354,9 @@ def _resources(reader: _Reader) -> Resources:
         raise ConfigError(f"{reader.path}: `resources.cpu` must be positive, but got resources.cpu={cpu}.")
     if gpu < 0:
         raise ConfigError(f"{reader.path}: `resources.gpu` cannot be negative, but got resources.gpu={gpu}.")
-    if gpu > 1 and gpu != int(gpu):
-        raise ConfigError(f"{reader.path}: `resources.gpu` above 1 must be a whole number of GPUs (Ray shares only "
-                          f"fractions of one card), but got resources.gpu={gpu}.")
+    if gpu > 1:  # fit trains on one device: a second card would sit reserved and idle
+        raise ConfigError(f"{reader.path}: `resources.gpu` must be at most 1 (a trial trains on one GPU; use "
+                          f"fractions such as 0.25 to share a card), but got resources.gpu={gpu:g}.")
     return Resources(cpu=cpu, gpu=gpu)
 
 

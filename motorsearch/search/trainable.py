@@ -6,7 +6,9 @@ Inside a trial:
   their dotted paths, validated with ``from_dict``;
 - PyTorch uses as many threads as the trial's CPUs (``OMP_NUM_THREADS`` too) and exactly the
   GPU(s) Ray assigned: Ray sets ``CUDA_VISIBLE_DEVICES`` so "cuda" is the assigned card, fractions
-  included; a trial without a GPU, or whose GPU CUDA cannot see, trains on the CPU;
+  included; a trial without a GPU, or whose GPU CUDA cannot see, trains on the CPU; a trial
+  with a fraction of a card (``resources.gpu: 0.25``) may use that fraction of its memory
+  (``training.device.cap_gpu_memory``): Ray shares cards without splitting their memory;
 - training resumes from ``tune.get_checkpoint()`` (a restarted trial, or a resumed search);
 - every validation epoch is reported with ``tune.report(metrics, checkpoint=...)``; the metrics
   are the trainer's, the trial's objective so far over all its epochs, those before a restart
@@ -96,6 +98,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_dir = Path(setup.trial_root) / f"trial_{trial_id}" if setup.trial_root else Path(context.get_trial_dir())
     cfg = build_trial_config(setup.base, config, source=f"trial {trial_id}")
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    gpu_share = float(context.get_trial_resources().required_resources.get("GPU", 0.0))
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
     if gpu_ids and device == "cpu":
         print(f"motorsearch: Ray assigned GPU {','.join(gpu_ids)} but CUDA sees none; training on the CPU.",
@@ -127,7 +130,8 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                 raise RuntimeError(f"injected fault: {setup.fault_raise[0]}={setup.fault_raise[1]}")
 
         fit(cfg, workdir=Path.cwd() / f"fit_{trial_id}", report=report, resume_from=resume_from, cache=cache,
-            device=device, metric=setup.objective.metric, mode=setup.objective.mode)
+            device=device, metric=setup.objective.metric, mode=setup.objective.mode,
+            gpu_fraction=gpu_share if device == "cuda" else None)
 
 
 def fault_epoch_from_env() -> int | None:

@@ -3,7 +3,8 @@
 ``<workdir>/checkpoints/epoch_NNNN/`` holds
 
 - ``state.pt``: model, optimizer, schedule and GradScaler states, the epoch just finished, the
-  optimizer steps taken, the RNG states of Python, NumPy, torch (and CUDA), the best metric so
+  optimizer steps taken, the RNG states of Python, NumPy, torch (and of the CUDA device trained
+  on, when it is one), the best metric so
   far (and its epoch), the metric history and the experiment config dict. Plain values and
   tensors only: it loads with ``torch.load(weights_only=True)``.
 - ``model.pt``: the self-contained model file of that epoch (``motorsearch.model_file``).
@@ -36,8 +37,12 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the training step may draw from, as plain values and tensors."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG the training step may draw from, as plain values and tensors.
+
+    CUDA's generator is saved only when ``device`` is a CUDA device, and only that device's: a CPU
+    trial on a GPU node never initialises CUDA, and a resume may see fewer cards than the save did.
+    """
     kind, keys, position, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": _to_lists(random.getstate()),
@@ -45,21 +50,27 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Inverse of :func:`rng_state`, onto ``device``'s generator; a saved CUDA state is ignored on a CPU.
+
+    Checkpoints from before this rule hold a list with one state per visible device; the first is used.
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
     np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def write_checkpoint(folder: Path, state: dict[str, Any], write_model: Callable[[Path], None]) -> Path:

@@ -31,7 +31,9 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +53,15 @@ from motorsearch.training.checkpoint import (
     rng_state,
     write_checkpoint,
 )
-from motorsearch.training.device import autocast_dtype, select_device, select_precision
+from motorsearch.training.device import (
+    autocast_dtype,
+    cap_gpu_memory,
+    configure_cuda,
+    out_of_memory_advice,
+    release_gpu_memory,
+    select_device,
+    select_precision,
+)
 from motorsearch.training.schedule import WarmupCosineSchedule
 
 if TYPE_CHECKING:
@@ -71,6 +81,7 @@ class FitResult:
     best_checkpoint: Path | None
     last_checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    train_ids: list[str] = field(default_factory=list)  # the tomograms it trained on
 
 
 def steps_per_epoch(cfg: ExperimentConfig) -> tuple[int, int]:
@@ -94,19 +105,31 @@ def backward_micro_batch(loss: torch.Tensor, scaler: torch.amp.GradScaler, group
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   *, grad_clip: float | None) -> float | None:
+                   *, grad_clip: float | None) -> torch.Tensor | None:
     """One optimizer step on the accumulated gradients: unscale, clip once, step, update the scale, zero.
 
-    Returns the total gradient norm before clipping (None without clipping).
+    Returns the total gradient norm before clipping as a 0-d tensor on the gradients' device (None
+    without clipping); it is not read here, so a GPU step does not wait for it.
     """
     norm = None
     if grad_clip is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return norm
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """Load a checkpoint's GradScaler state, across precisions.
+
+    A disabled scaler (fp32, bf16, CPU) saves ``{}``: resuming such a checkpoint in fp16 starts the
+    scaler afresh (loading ``{}`` into an enabled scaler raises); an fp16 state resumed in another
+    precision is ignored, as a disabled scaler ignores everything.
+    """
+    if saved and scaler.is_enabled():
+        scaler.load_state_dict(saved)
 
 
 def seed_everything(seed: int) -> None:
@@ -126,6 +149,8 @@ def fit(
     progress: bool = False,
     metric: str = "val_f2",
     mode: str = "max",
+    gpu_fraction: float | None = None,
+    train_on_all: bool = False,
 ) -> FitResult:
     """Train ``cfg`` and return the best and last checkpoints; see the module docstring.
 
@@ -139,9 +164,32 @@ def fit(
         progress: show a tqdm bar over each epoch's micro-batches.
         metric, mode: which metric picks the best checkpoint, and whether larger ("max") or
             smaller ("min") is better.
+        gpu_fraction: the share of the card this run may use (a trial's ``resources.gpu`` below
+            1): its memory is capped there (``device.cap_gpu_memory``).
+        train_on_all: train on every labelled tomogram, ``data.fold`` included (a refit); the
+            validation then scores tomograms the model has seen, a check that it trained, not
+            an estimate of how it generalises.
 
-    Raises TrainingDiverged when a loss is NaN or infinite.
+    Raises TrainingDiverged when a loss is NaN or infinite, and ``torch.cuda.OutOfMemoryError``
+    with what to lower. However it ends, the model, optimizer and activations are unreachable
+    when the exception leaves ``fit`` and the GPU's cached memory has been given back: Ray stops
+    a pruned trial by raising inside ``report``, and its process may train the next trial.
     """
+    try:
+        return _fit(cfg, workdir=workdir, report=report, resume_from=resume_from, cache=cache, device=device,
+                    progress=progress, metric=metric, mode=mode, gpu_fraction=gpu_fraction,
+                    train_on_all=train_on_all)
+    except BaseException as exc:
+        # the traceback holds _fit's finished frames and with them every tensor; clear them first
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        release_gpu_memory()
+
+
+def _fit(cfg: ExperimentConfig, *, workdir: Path, report: ReportFn | None, resume_from: Path | None,
+         cache: TomogramCache | None, device: str | None, progress: bool, metric: str, mode: str,
+         gpu_fraction: float | None, train_on_all: bool) -> FitResult:
     from motorsearch.data.sampler import PatchDataset
     from motorsearch.evaluation.validate import validate
     from motorsearch.losses import build_loss
@@ -152,12 +200,14 @@ def fit(
     torch_device = select_device(device if device is not None else cfg.device)
     precision = select_precision(cfg.optim.precision, torch_device)
     amp_dtype = autocast_dtype(precision)
+    configure_cuda(torch_device)
+    capped = cap_gpu_memory(gpu_fraction or 1.0, torch_device)
 
     if cache is None:
         from motorsearch.data.cache import prepare
 
         cache = prepare(cfg.data, progress=progress)
-    train_tomograms = cache.train_tomograms(cfg.data.fold)
+    train_tomograms = cache.labelled() if train_on_all else cache.train_tomograms(cfg.data.fold)
     val_tomograms = cache.val_tomograms(cfg.data.fold)
     if not train_tomograms or not val_tomograms:
         raise DataError(f"fold {cfg.data.fold} of {cfg.data.n_folds} leaves {len(train_tomograms)} training and "
@@ -189,12 +239,13 @@ def fit(
         for group in optimizer.param_groups:  # the current config rules (a search may have changed it)
             group["weight_decay"] = cfg.optim.weight_decay
         schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"])
         first_epoch, global_step = int(state["epoch"]) + 1, int(state["global_step"])
         history = [dict(h) for h in state["history"]]
         tracker.load(state["best"], search=[workdir / CHECKPOINTS, Path(resume_from).parent],
                      into=workdir / CHECKPOINTS)
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], torch_device)
+        del state  # the checkpoint's tensors
 
     checkpoints = workdir / CHECKPOINTS
     last_dir: Path | None = None
@@ -209,12 +260,14 @@ def fit(
 
             batches = tqdm(loader, total=micro_per_epoch, desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch",
                            leave=False)
-        losses = step.epoch(batches, epoch=epoch, micro_batches=micro_per_epoch)
+        with _advice_on_out_of_memory("training", cfg, precision, capped):
+            losses = step.epoch(batches, epoch=epoch, micro_batches=micro_per_epoch)
 
         is_last = epoch == cfg.optim.epochs
         if not (is_last or epoch % cfg.validation.every == 0):
             continue
-        result = validate(model, val_tomograms, cfg=cfg, device=torch_device, loss_fn=loss_fn)
+        with _advice_on_out_of_memory("validation", cfg, precision, capped):
+            result = validate(model, val_tomograms, cfg=cfg, device=torch_device, loss_fn=loss_fn)
         metrics = {
             "epoch": float(epoch),
             "train_loss": float(np.mean(losses)),
@@ -229,7 +282,7 @@ def fit(
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "global_step": step.global_step, "history": history,
-            "best": tracker.state(), "rng": rng_state(), "config": cfg.to_dict(),
+            "best": tracker.state(), "rng": rng_state(torch_device), "config": cfg.to_dict(),
         }
         folder = checkpoints / checkpoint_name(epoch)
         write_checkpoint(folder, state, lambda path, r=result, m=metrics: _write_model(path, model, cfg, r, m))
@@ -243,7 +296,8 @@ def fit(
     if last_dir is None:  # resumed from the last epoch: nothing left to train
         last_dir = Path(resume_from)
     return FitResult(best_metrics=dict(tracker.metrics or {}), best_epoch=tracker.epoch,
-                     best_checkpoint=tracker.folder, last_checkpoint=last_dir, history=history)
+                     best_checkpoint=tracker.folder, last_checkpoint=last_dir, history=history,
+                     train_ids=[t.tomo_id for t in train_tomograms])
 
 
 class _Stepper:
@@ -282,6 +336,17 @@ class _Stepper:
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{value:.4f}", refresh=False)
         return losses
+
+
+@contextmanager
+def _advice_on_out_of_memory(phase: str, cfg: ExperimentConfig, precision: str,
+                             fraction: float | None) -> Iterator[None]:
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        advice = out_of_memory_advice(phase=phase, batch_size=cfg.sampling.batch_size, precision=precision,
+                                      window_batch_size=cfg.validation.window_batch_size, fraction=fraction)
+        raise torch.cuda.OutOfMemoryError(f"{advice} ({str(exc).splitlines()[0]})") from None
 
 
 def load_config_from_checkpoint(folder: str | Path) -> ExperimentConfig:
