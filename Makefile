@@ -10,7 +10,7 @@ SEARCH ?= demo
 STUDY ?= sqlite:///$(CURDIR)/runs/$(SEARCH)/optuna.db
 RAY_DASHBOARD_PORT ?= 8265
 
-.PHONY: demo test bench study mlflow-ui optuna-dashboard ray-start ray-stop
+.PHONY: demo test bench gpu-check study mlflow-ui optuna-dashboard ray-start ray-stop
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(VENV)/.dashboards
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.report
+
+# On a machine with one CUDA GPU: every section in <= 8 minutes, benchmarks/GPU_REPORT.md rewritten after each
+# (the timeout keeps what finished). ARGS=--dry-run: tiny sizes on the CPU, as CI runs it.
+gpu-check: $(STAMP)
+	timeout 540 $(VENV)/bin/python -m benchmarks.gpu_check $(ARGS)
 
 study: $(STAMP)
 	$(VENV)/bin/python -m experiments.search_efficiency.study

@@ -22,7 +22,7 @@ from PIL import Image
 
 from benchmarks.table import format_table, row
 from motorsearch.config import AugmentConfig, DataConfig, SamplingConfig, TargetConfig
-from motorsearch.data.cache import cache_bytes_per_voxel, prepare, prepare_records
+from motorsearch.data.cache import TomogramCache, cache_bytes_per_voxel, prepare, prepare_records
 from motorsearch.data.kaggle import TomogramLabels, write_labels_csv
 from motorsearch.data.sampler import PatchDataset
 from motorsearch.data.source import TomogramRecord
@@ -101,26 +101,35 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarra
 
 
 def _sampling(work: Path, quick: bool) -> list[dict]:
-    shape = (192, 400, 400)
-    volume = _texture(np.random.default_rng(1), shape)
-    motors = np.array([[96.0, 150.0, 200.0], [60.0, 300.0, 120.0]])
-    record = TomogramRecord("bench", shape, 16.0, motors, lambda: volume, "<benchmark volume>")
-    cache = prepare_records(lambda: [record], identity={"benchmark": "sampling", "split": "train"},
-                            cache_dir=work / "cache", spacing=16.0, n_folds=2)
+    cache = sampling_cache(work)
     rows = []
     for patch_size, count in (((64, 128, 128), 24 if quick else 300), ((160, 288, 288), 3 if quick else 30)):
-        dataset = PatchDataset(cache.tomograms, sampling=SamplingConfig(patch_size=list(patch_size),
-                                                                        patches_per_epoch=count),
-                               augment=AugmentConfig(), target=TargetConfig(), stride=16,
-                               normalization="fixed", seed=0)
-        dataset[0]  # open the memory map
-        seconds = _time(lambda d=dataset, n=count: _draw_all(d, n))
-        patch_mb = math.prod(patch_size) * 4 / MB
+        rate = patches_per_second(cache, patch_size, count)
         size = "x".join(map(str, patch_size))
-        rows.append(row(f"patch sampling {size}", count / seconds, "patches/s",
+        rows.append(row(f"patch sampling {size}", rate, "patches/s",
                          "1 core; read + normalise + heatmap + flips/rot90/jitter"))
-        rows.append(row(f"patch sampling {size}", count * patch_mb / seconds, "MB/s", "float32 patches produced"))
+        rows.append(row(f"patch sampling {size}", rate * math.prod(patch_size) * 4 / MB, "MB/s",
+                        "float32 patches produced"))
     return rows
+
+
+def sampling_cache(work: Path, shape: tuple[int, int, int] = (192, 400, 400)) -> TomogramCache:
+    """A cache of one textured tomogram of ``shape`` at 16 Å with two motors, in ``work/cache``."""
+    volume = _texture(np.random.default_rng(1), shape)
+    motors = np.array([[0.5, 0.375, 0.5], [0.3125, 0.75, 0.3]]) * np.array(shape)  # (96, 150, 200), (60, 300, 120)
+    record = TomogramRecord("bench", shape, 16.0, motors, lambda: volume, "<benchmark volume>")
+    return prepare_records(lambda: [record], identity={"benchmark": "sampling", "split": "train"},
+                           cache_dir=work / "cache", spacing=16.0, n_folds=2)
+
+
+def patches_per_second(cache: TomogramCache, patch_size: tuple[int, int, int], count: int) -> float:
+    """Training patches (with heatmaps and augmentation) ``PatchDataset`` draws per second on this thread."""
+    dataset = PatchDataset(cache.tomograms, sampling=SamplingConfig(patch_size=list(patch_size),
+                                                                    patches_per_epoch=count),
+                           augment=AugmentConfig(), target=TargetConfig(), stride=16,
+                           normalization="fixed", seed=0)
+    dataset[0]  # open the memory map
+    return count / _time(lambda: _draw_all(dataset, count))
 
 
 def _draw_all(dataset: PatchDataset, count: int) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -76,11 +77,24 @@ def _flops() -> list[dict]:
     return rows
 
 
-def _training(preset: str, device: torch.device, *, patch, batch: int, steps: int, precision: str,
-              note: str, peak_tflops: float | None = None) -> dict:
+@dataclass
+class StepRun:
+    """What :func:`train_steps` measured: the loss of every timed step, the time and peak memory per step."""
+
+    losses: list[float]
+    seconds_per_step: float
+    voxels_per_s: float
+    peak_bytes: int | None  # CUDA only
+    model: torch.nn.Module
+
+
+def train_steps(preset: str, device: torch.device, *, patch, batch: int, steps: int, precision: str,
+                seed: int = 0) -> StepRun:
+    """``steps`` optimizer steps (after one warm-up step) of ``preset`` on one fixed random batch, in
+    ``precision`` exactly (fp16 with a GradScaler); the same seed gives the same model and batch."""
     cfg = ExperimentConfig()
     cfg.model.preset = preset
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(cfg.model).to(device).train()
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg.loss)
@@ -89,25 +103,35 @@ def _training(preset: str, device: torch.device, *, patch, batch: int, steps: in
     images = torch.randn(batch, 1, *patch, device=device)
     targets = torch.rand(batch, 1, *(p // 16 for p in patch), device=device)
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
-        backward_micro_batch(loss_fn(logits.float(), targets), scaler, 1)
+        loss = loss_fn(logits.float(), targets)
+        backward_micro_batch(loss, scaler, 1)
         optimizer_step(model, optimizer, scaler, grad_clip=1.0)
+        return loss.detach()
 
     step()  # warm-up: allocations, cuDNN autotuning
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
+    losses = [step() for _ in range(steps)]
     _sync(device)
     seconds = time.perf_counter() - started
-    voxels_per_s = steps * batch * math.prod(patch) / seconds
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return StepRun(losses=[float(v) for v in losses], seconds_per_step=seconds / steps,
+                   voxels_per_s=steps * batch * math.prod(patch) / seconds, peak_bytes=peak, model=model)
+
+
+def _training(preset: str, device: torch.device, *, patch, batch: int, steps: int, precision: str,
+              note: str, peak_tflops: float | None = None) -> dict:
+    measured = train_steps(preset, device, patch=patch, batch=batch, steps=steps, precision=precision)
     if peak_tflops:
-        flops = 3 * model.flops_per_voxel(tuple(patch)) * voxels_per_s
+        flops = 3 * measured.model.flops_per_voxel(tuple(patch)) * measured.voxels_per_s
         note += f"; {flops / 1e12:.1f} TFLOP/s = {100 * flops / (peak_tflops * 1e12):.1f}% of {peak_tflops:g} peak"
-    return row(f"training throughput ({preset}, {device.type}, {precision})", voxels_per_s / 1e6, "Mvoxel/s",
-                note)
+    return row(f"training throughput ({preset}, {device.type}, {precision})", measured.voxels_per_s / 1e6,
+               "Mvoxel/s", note)
 
 
 def _sync(device: torch.device) -> None:
