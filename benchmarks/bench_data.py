@@ -3,14 +3,17 @@
 ``python -m benchmarks.bench_data [--quick]`` prints a table; ``run(quick)`` returns its rows
 (dicts with ``metric``, ``value``, ``unit``, ``note``) for a combined report. Everything runs on
 one thread (``torch.set_num_threads(1)``, one JPEG decoding thread) so numbers compare across
-machines per core. The data are written fresh into a temporary folder, so reads hit the page
-cache: these are CPU costs, not disk speeds.
+machines per core, except the cache build with N workers (N = the CPUs available, at most one
+per tomogram), compared with N x the one-core Pillow read. The data are written fresh into a
+temporary folder, so reads hit the page cache: these are CPU costs, not disk speeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.table import format_table, row
+from motorsearch.cli.prepare import available_cpus
 from motorsearch.config import AugmentConfig, DataConfig, SamplingConfig, TargetConfig
 from motorsearch.data.cache import TomogramCache, cache_bytes_per_voxel, prepare, prepare_records
 from motorsearch.data.kaggle import TomogramLabels, write_labels_csv
@@ -62,12 +66,15 @@ def _conversion(work: Path, quick: bool) -> list[dict]:
                  f"{n_tomograms} x {shape[0]}x{shape[1]}x{shape[2]}, {voxel_mb * MB / jpeg_bytes:.1f}:1 JPEG q90"),
             row("plain Pillow read of the slices", voxel_mb / seconds_pillow, "MB/s", "decode only, 1 thread")]
     for spacing, label in ((None, "native grid"), (16.0, f"resampled {SOURCE_SPACING} -> 16 Å")):
-        cfg = DataConfig(root=str(root), spacing=spacing, cache_dir=str(work / "cache"))
-        started = time.perf_counter()
-        cache = prepare(cfg)
-        seconds = time.perf_counter() - started
-        rows.append(row(f"JPEG folder -> cache, {label}", voxel_mb / seconds, "MB/s",
-                         f"{seconds_pillow / seconds:.2f}x the Pillow read rate; MB of source voxels"))
+        for workers in dict.fromkeys((1, min(available_cpus(), n_tomograms))):
+            cfg = DataConfig(root=str(root), spacing=spacing, cache_dir=str(work / f"cache-{workers}"))
+            started, cpu_before = time.perf_counter(), _cpu_seconds()
+            cache = prepare(cfg, workers=workers)
+            seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
+            rows.append(row(f"JPEG folder -> cache, {label}, {workers} worker(s)", voxel_mb / seconds, "MB/s",
+                            f"{seconds_pillow / seconds / workers:.2f}x {workers} x the Pillow read rate; "
+                            f"{voxel_mb / cpu:.0f} MB per CPU-second; load average {os.getloadavg()[0]:.1f} "
+                            "on the machine; MB of source voxels"))
         rows.append(row(f"cache bytes per voxel, {label}", cache_bytes_per_voxel(cache), "B/voxel",
                          f"{sum(math.prod(t.shape) for t in cache.tomograms) / MB:.1f} MB of voxels kept"))
     return rows
@@ -135,6 +142,12 @@ def patches_per_second(cache: TomogramCache, patch_size: tuple[int, int, int], c
 def _draw_all(dataset: PatchDataset, count: int) -> None:
     for i in range(count):
         dataset[i]  # dropped at once, as a DataLoader would after collating: memory is reused
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the cache's worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _time(work) -> float:

@@ -336,3 +336,48 @@ def test_cli_prepare(tmp_path, kaggle_root, capsys):
     assert "`data.spacing` must be positive, but got data.spacing=-3.0" in capsys.readouterr().err
     assert main(args + ["--spacing", "fine"]) == 2
     assert "--spacing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# parallel builds
+
+
+def cache_files(folder: Path) -> dict[str, bytes]:
+    """Every file of a cache by relative path; the manifest without what names the build itself."""
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    manifest = json.loads(files.pop("manifest.json"))
+    for field in ("build_id", "builder_pid", "build_seconds"):
+        manifest.pop(field)
+    files["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
+    return files
+
+
+def test_a_parallel_build_is_byte_identical_to_a_serial_one(tmp_path, kaggle_root):
+    from motorsearch.config import DataConfig
+    from motorsearch.data.cache import prepare
+
+    serial = prepare(DataConfig(root=str(kaggle_root), cache_dir=str(tmp_path / "serial")))
+    parallel = prepare(DataConfig(root=str(kaggle_root), cache_dir=str(tmp_path / "parallel")), workers=3)
+    assert serial.key == parallel.key
+    files = cache_files(serial.root)
+    assert sum(name.startswith("volumes/") for name in files) == 4
+    assert cache_files(parallel.root) == files
+    assert leftovers(tmp_path / "parallel") == [parallel.key]
+
+
+def test_a_failing_tomogram_in_a_worker_stops_the_build_and_leaves_nothing(tmp_path):
+    records = small_dataset() + [record("tomo_e", random_volume((16, 32, 32), 4), 16.0, [], fail=True)]
+    with pytest.raises(DataError, match=r"^/data/tomo_e/slice_0003.jpg: not a readable JPEG.$"):
+        build(tmp_path, records, workers=2)
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_prepare_workers(tmp_path, kaggle_root, capsys):
+    from motorsearch.cli import main
+
+    args = ["prepare", "--data", str(kaggle_root), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args + ["--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("`--workers` must be at least 1, but got --workers=0.")
+    assert not (tmp_path / "cache").exists()
+    assert main(args + ["--workers", "2"]) == 0
+    assert "tomograms: 4 (" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from motorsearch.cli import add_overrides
 
@@ -27,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="Å per voxel for tomograms whose source gives none (the Kaggle test split)")
     parser.add_argument("--split", choices=("train", "test"), default="train", help="which split to cache")
     parser.add_argument("--cache-dir", metavar="DIR", help="where caches live (data.cache_dir)")
+    parser.add_argument("--workers", metavar="N", type=int, default=available_cpus(),
+                        help=f"processes converting tomograms in parallel (default: the CPUs available, "
+                             f"here {available_cpus()})")
     add_overrides(parser)
     parser.set_defaults(handler=run)
 
@@ -48,16 +52,24 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             set_dotted(raw, key, value)
     cfg = from_dict(raw, source=args.config or "command line")
+    if args.workers < 1:
+        raise ConfigError(f"`--workers` must be at least 1, but got --workers={args.workers}.")
     if args.assume_spacing is not None and not (args.assume_spacing > 0 and math.isfinite(args.assume_spacing)):
         raise ConfigError(f"`--assume-spacing` must be positive, but got --assume-spacing={args.assume_spacing}.")
 
-    cache = prepare(cfg.data, split=args.split, progress=True, assume_spacing=args.assume_spacing)
+    cache = prepare(cfg.data, split=args.split, progress=True, assume_spacing=args.assume_spacing,
+                    workers=args.workers)
     voxels = sum(math.prod(t.shape) for t in cache.tomograms)
     motors = sum(len(t.motors) for t in cache.tomograms if t.motors is not None)
     print(f"cache: {cache.root}")
     print(f"tomograms: {len(cache.tomograms)} ({motors} motors)")
     print(f"voxels: {voxels:,}  bytes/voxel: {cache_bytes_per_voxel(cache):.4f}")
     return 0
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which container limits shrink), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _parse_spacing(text: str) -> float | None:

@@ -24,6 +24,11 @@ Concurrency: builders take ``<key>.lock`` (``filelock``), build into ``<key>.tmp
 Any failure (a corrupt tomogram, a crash) removes the temporary folder: no partial cache ever
 carries the final name, and a stale temporary folder left by a killed process is removed by the
 next builder.
+
+Parallel builds (``workers`` > 1): the builder, holding the lock, forks a pool of processes that
+each convert whole tomograms into the same temporary folder (one PyTorch thread each); the rows
+are gathered in tomo_id order, so the voxels and ``metadata.csv`` are byte for byte those of a
+serial build. Each worker holds one source volume in memory at a time.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,8 +142,11 @@ class TomogramCache:
 
 
 def prepare(cfg: DataConfig, *, split: str = "train", progress: bool = False,
-            assume_spacing: float | None = None) -> TomogramCache:
+            assume_spacing: float | None = None, workers: int = 1) -> TomogramCache:
     """Build (once) or load the cache for ``cfg`` and ``split``; safe to call from concurrent trials.
+
+    ``workers``: processes converting tomograms when the cache must be built (see the module
+    docstring); the ``prepare`` command uses every available CPU.
 
     ``assume_spacing`` (Å/voxel) is used for tomograms whose source gives no spacing (the Kaggle
     test split); without it such a split raises DataError. Readers are only opened when building.
@@ -149,13 +159,14 @@ def prepare(cfg: DataConfig, *, split: str = "train", progress: bool = False,
         lambda: open_records(cfg, split=split),
         identity=source_identity(cfg, split),
         cache_dir=cfg.cache_dir, spacing=cfg.spacing, assume_spacing=assume_spacing,
-        n_folds=cfg.n_folds, split_seed=cfg.split_seed, progress=progress,
+        n_folds=cfg.n_folds, split_seed=cfg.split_seed, progress=progress, workers=workers,
     )
 
 
 def prepare_records(records: Callable[[], Sequence[TomogramRecord]], *, identity: dict[str, Any],
                     cache_dir: str | Path, spacing: float | None, assume_spacing: float | None = None,
-                    n_folds: int = 5, split_seed: int = 0, progress: bool = False) -> TomogramCache:
+                    n_folds: int = 5, split_seed: int = 0, progress: bool = False,
+                    workers: int = 1) -> TomogramCache:
     """``prepare`` for any source: ``records()`` is called only if the cache must be built.
 
     ``identity`` is a JSON-able description of the source; together with ``spacing``,
@@ -163,6 +174,8 @@ def prepare_records(records: Callable[[], Sequence[TomogramRecord]], *, identity
     """
     if assume_spacing is not None and not assume_spacing > 0:
         raise DataError(f"`assume_spacing` must be positive, but got assume_spacing={assume_spacing}.")
+    if workers < 1:
+        raise ValueError(f"`workers` must be at least 1, but got workers={workers}.")
     key = cache_key(identity, spacing=spacing, assume_spacing=assume_spacing)
     cache_dir = Path(cache_dir)
     final = cache_dir / key
@@ -171,7 +184,7 @@ def prepare_records(records: Callable[[], Sequence[TomogramRecord]], *, identity
         with FileLock(str(cache_dir / f"{key}.lock")):
             if not (final / MANIFEST).is_file():
                 _build(records(), final, key=key, identity=identity, spacing=spacing,
-                       assume_spacing=assume_spacing, progress=progress)
+                       assume_spacing=assume_spacing, progress=progress, workers=workers)
     return load_cache(final, n_folds=n_folds, split_seed=split_seed)
 
 
@@ -239,7 +252,7 @@ def load_cache(root: str | Path, *, n_folds: int, split_seed: int) -> TomogramCa
 
 
 def _build(records: Sequence[TomogramRecord], final: Path, *, key: str, identity: dict[str, Any],
-           spacing: float | None, assume_spacing: float | None, progress: bool) -> None:
+           spacing: float | None, assume_spacing: float | None, progress: bool, workers: int) -> None:
     started = time.time()
     records = sorted(records, key=lambda r: r.tomo_id)
     _check_records(records, assume_spacing)
@@ -250,13 +263,18 @@ def _build(records: Sequence[TomogramRecord], final: Path, *, key: str, identity
     tmp = final.parent / f"{key}.tmp-{os.getpid()}"
     try:
         (tmp / "volumes").mkdir(parents=True)
-        rows = []
-        iterator: Any = records
+        convert = _convert_in_pool if workers > 1 and len(records) > 1 else _convert_here
+        rows: list[dict[str, Any]] = [{}] * len(records)
+        converted = convert(records, tmp, spacing=spacing, assume_spacing=assume_spacing, workers=workers)
+        done: Any = converted
         if progress:
             from tqdm import tqdm
-            iterator = tqdm(records, desc=f"caching {key}", unit="tomogram")
-        for index, record in enumerate(iterator):
-            rows.append(_cache_one(record, tmp, index, spacing=spacing, assume_spacing=assume_spacing))
+            done = tqdm(converted, total=len(records), desc=f"caching {key}", unit="tomogram")
+        try:
+            for index, cached in done:
+                rows[index] = cached
+        finally:
+            converted.close()  # a pool stops (its queued tomograms cancelled) before the folder goes
         _write_csv(tmp / METADATA, rows)
         manifest = {
             "version": CACHE_VERSION, "key": key, "source": identity, "spacing": spacing,
@@ -270,6 +288,44 @@ def _build(records: Sequence[TomogramRecord], final: Path, *, key: str, identity
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _convert_here(records: Sequence[TomogramRecord], tmp: Path, *, spacing: float | None,
+                  assume_spacing: float | None, workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    for index, record in enumerate(records):
+        yield index, _cache_one(record, tmp, index, spacing=spacing, assume_spacing=assume_spacing)
+
+
+_POOL_RECORDS: Sequence[TomogramRecord] = ()  # what forked workers convert: records hold closures, never pickled
+
+
+def _convert_in_pool(records: Sequence[TomogramRecord], tmp: Path, *, spacing: float | None,
+                     assume_spacing: float | None, workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, metadata row) of each record as a forked worker finishes it; the first error cancels the rest."""
+    global _POOL_RECORDS
+    _POOL_RECORDS = records
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(records)), mp_context=context,
+                               initializer=_one_torch_thread)
+    try:
+        futures = [pool.submit(_cache_one_in_worker, index, tmp, spacing, assume_spacing)
+                   for index in range(len(records))]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _POOL_RECORDS = ()
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # OpenMP does not survive a fork; and the processes are the parallelism
+
+
+def _cache_one_in_worker(index: int, tmp: Path, spacing: float | None,
+                         assume_spacing: float | None) -> tuple[int, dict[str, Any]]:
+    return index, _cache_one(_POOL_RECORDS[index], tmp, index, spacing=spacing, assume_spacing=assume_spacing)
 
 
 def _check_records(records: Sequence[TomogramRecord], assume_spacing: float | None) -> None:
