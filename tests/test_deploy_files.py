@@ -26,7 +26,6 @@ from motorsearch.config import check_path
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 K8S = DOCKER / "k8s"
-GUIDE_DRAFT = Path("/work/team/README-scaling.md")  # the draft, before it is merged into README.md
 DASHBOARD, GCS, CLIENT, MLFLOW, AGENT = 8265, 6379, 10001, 5000, 52365
 SEARCH_SPACE = "search_spaces/byu.yaml"
 IMAGES = ("Dockerfile", "Dockerfile.cpu")
@@ -70,12 +69,10 @@ def k8s_object(kind: str, name: str | None = None) -> dict:
 
 
 def guide_text() -> str:
-    """docker/README.md's "Scaling out" section (or its draft while it is not merged yet); "" if neither."""
+    """docker/README.md's "Scaling out" section; "" without one."""
     readme = (DOCKER / "README.md").read_text()
     match = re.search(r"^## Scaling out\n.*?(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)
-    if match:
-        return match.group(0)
-    return GUIDE_DRAFT.read_text() if GUIDE_DRAFT.exists() else ""
+    return match.group(0) if match else ""
 
 
 def pyproject_dependencies() -> dict[str, str]:
