@@ -367,8 +367,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: no such file.")
     try:
         return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # PyYAML's message spans lines (problem, then where): one line here
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:

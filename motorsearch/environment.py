@@ -1,10 +1,12 @@
-"""Environment variables set for a while and then put back as they were."""
+"""The machine a command runs on: environment variables set for a while and then put back as they
+were, and whether a folder could be made, asked before anything is written."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 _KEEP = object()
 
@@ -23,3 +25,15 @@ def restored(name: str, value: str | object = _KEEP) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` could not be made or written, checked without making anything: its nearest
+    existing ancestor is not a folder, or not writable. None when it could."""
+    folder = Path(folder).absolute()
+    existing = next((f for f in (folder, *folder.parents) if f.exists()), folder)
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

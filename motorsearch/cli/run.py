@@ -1,6 +1,10 @@
 """``python -m motorsearch run SPACE.yaml``: a hyperparameter search on Ray Tune + Optuna.
 
 Flags replace the space file's values; ``--set`` overrides the base experiment (as in ``train``).
+
+A refused search writes nothing: everything that can be checked (the space, the name or what to
+resume, warm-start points, the tracking URI, the data, the resources) is checked before Ray starts
+and before the first MLflow, Optuna or storage write. After Ctrl-C the command exits 130.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
         warm = top_configs(args.warm_start, args.warm_start_top, space.tracking_uri)
         print(f"warm start: {len(warm)} configuration(s) from MLflow experiment {args.warm_start!r}")
-    outcome, search = tracked_search(space, space_file=args.space, points_to_evaluate=warm, resume=args.resume)
+    outcome, search = tracked_search(space, space_file=args.space, points_to_evaluate=warm, resume=args.resume,
+                                     tracking_origin=tracking_origin(args))
     print()
     print(f"leaderboard ({space.objective.value_key}, {space.mode}; finished trials first) of "
           f"{len(outcome.leaderboard)} trials:")
@@ -89,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
     errors = [row for row in outcome.leaderboard if row.status == schema.ERRORED]
     if errors:
         print(f"{len(errors)} trial(s) failed; their errors are in <trial folder>/error.txt, e.g. {errors[0].path}")
+    if not outcome.complete:
+        return 130  # as after Ctrl-C anywhere else: the search did not end
     return 0 if outcome.best is not None else 1
+
+
+def tracking_origin(args: argparse.Namespace) -> str:
+    """Where the tracking URI of ``run`` comes from when one is given, for error messages."""
+    return "--tracking-uri" if args.tracking_uri else f"`tracking_uri` in {args.space}"
 
 
 def dashboards_message(space: SearchSpace, outcome: SearchOutcome, search: SearchRun) -> str:
@@ -130,24 +142,28 @@ def search_settings(space: SearchSpace, space_file: str | Path) -> dict[str, Any
 
 
 def tracked_search(space: SearchSpace, *, space_file: str | Path, points_to_evaluate: list[dict] | None = None,
-                   resume: bool = False, out: Any = None) -> tuple[SearchOutcome, SearchRun]:
+                   resume: bool = False, out: Any = None,
+                   tracking_origin: str | None = None) -> tuple[SearchOutcome, SearchRun]:
     """Run the search ``space`` with its MLflow parent run, a child run per trial and the Optuna
-    study linked to them: what ``run`` does before it prints."""
-    from motorsearch.search.runner import run_search
+    study linked to them: what ``run`` does before it prints. Refusals come first, in the order they
+    cost (see the module docstring); the parent run opens only once the search is sure to start."""
+    from motorsearch.search.runner import check_search, prepare_search, run_search
     from motorsearch.search.study import study_url
     from motorsearch.tracking import schema
     from motorsearch.tracking.search_runs import SearchRun
 
-    # Opened before Ray starts, so an unreachable tracking server fails in seconds, not after training.
+    check_search(space, resume=resume, points_to_evaluate=points_to_evaluate)
+    SearchRun.check_tracking(space.tracking_uri, origin=tracking_origin)  # seconds, not after the data caches
+    cluster = prepare_search(space, out=out)
     with SearchRun.start(name=space.name, objective=space.objective, space_file=space_file,
                          settings=search_settings(space, space_file),
                          tracking_uri=space.tracking_uri, ray_address=space.address or "local",
-                         storage_path=space.storage_path, resume=resume) as search:
+                         storage_path=space.storage_path, resume=resume, tracking_origin=tracking_origin) as search:
         search.study_storage, search.study_name = study_url(space), space.name
         # each trial's own optim.epochs (resolved from its config) tells finished from stopped
         callback = search.trial_callback(resolve_config=lambda values: space.trial_config(values).to_dict())
         outcome = run_search(space, callbacks=[callback], points_to_evaluate=points_to_evaluate, resume=resume,
-                             out=out)
+                             out=out, cluster=cluster)
         if not outcome.complete:
             search.status = schema.SEARCH_INTERRUPTED
     return outcome, search

@@ -1,8 +1,10 @@
 """Where a search runs: start or join Ray, and refuse set-ups that can never work.
 
-- ``connect``: a local Ray instance by default, with the dashboard bound to 127.0.0.1; or join
-  an existing cluster (``address: auto`` or ``HOST:PORT``); or reuse the instance this process
-  already started (tests, notebooks).
+- ``connect``: a local Ray instance by default, every port it opens bound to 127.0.0.1 (GCS,
+  raylet, workers, dashboard, dashboard agent and its metrics endpoint); or join an existing
+  cluster (``address: auto`` or ``HOST:PORT``) as it is configured; or reuse the instance this
+  process already started (tests, notebooks).
+- ``local_node``: what a local Ray started here would offer, known before starting it.
 - ``check_request``: a trial's ``{cpu, gpu}`` must fit on at least one alive node. Ray would
   otherwise leave such trials PENDING forever (it only warns after a minute).
 - ``check_storage``: with more than one node, every node writes checkpoints under
@@ -12,22 +14,34 @@
 
 Ray 2.60 turns token authentication on for new local clusters: the dashboard answers 401 until
 the browser is given the token ``ray get-auth-token`` prints. ``RAY_AUTH_MODE=disabled`` in the
-environment before the search starts switches it off. A local Ray started by the search ends with
-it, and its dashboard too; ``make ray-start`` keeps one running that ``--address auto`` joins.
+environment before the search starts switches it off. The token file (``~/.ray/auth_token``) is
+made readable by its owner only (Ray writes it world-readable). A local Ray started by the search
+ends with it, and its dashboard too; ``make ray-start`` keeps one running that ``--address auto`` joins.
+
+Ray binds its gRPC servers to every interface unless the node's IP is the loopback address, which
+it chooses only in its single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's default on
+macOS and Windows). A local search turns that mode on while it starts Ray: the processes Ray starts
+then bind 127.0.0.1 and inherit nothing else from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from motorsearch.environment import restored
 from motorsearch.errors import InputError
 from motorsearch.search.space import Resources, is_uri
+
+LOCALHOST = "127.0.0.1"
+TOKEN_FILE = Path(".ray", "auth_token")  # under the home folder: where Ray writes the token of a new local cluster
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -67,13 +81,16 @@ def connect(address: str | None = None, *, dashboard: bool = True) -> ClusterInf
         options: dict[str, Any] = {"address": address, "log_to_driver": True,
                                    "runtime_env": {"env_vars": worker_env}}
         if address is None:
-            options.update(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+            options.update(include_dashboard=dashboard, dashboard_host=LOCALHOST)
         try:
-            context = ray.init(**options)
+            with loopback_only() if address is None else contextlib.nullcontext():
+                context = ray.init(**options)
         except ConnectionError as exc:
             raise InputError(f"cannot join the Ray cluster at address={address!r}: {exc}. Start it with "
                              "`ray start --head` or pass another --address.") from None
         started_here = address is None
+        if started_here:
+            owner_only(Path.home() / TOKEN_FILE)
         dashboard_url = getattr(context, "dashboard_url", None) or None
     if dashboard_url and "://" not in dashboard_url:
         dashboard_url = f"http://{dashboard_url}"
@@ -81,6 +98,48 @@ def connect(address: str | None = None, *, dashboard: bool = True) -> ClusterInf
     return ClusterInfo(nodes=nodes, resources={k: float(v) for k, v in ray.cluster_resources().items()},
                        started_here=started_here, address=address, dashboard_url=dashboard_url,
                        token_auth=_token_auth_enabled())
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Within the block a new local Ray takes 127.0.0.1 as its node IP, so it binds only there (see the
+    module docstring): the environment variable for the processes it starts, Ray's constant, read
+    when ``ray`` was imported, for this one."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with restored(_SINGLE_MACHINE_ENV, "0"):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def owner_only(path: Path) -> None:
+    """Make ``path`` readable and writable by its owner only, when it exists and is ours."""
+    try:
+        if path.is_file() and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+    except OSError:  # another user's home, a read-only mount: leave it as it is
+        pass
+
+
+def local_node() -> Node | None:
+    """The node a local ``ray.init()`` would start here, with the CPUs and GPUs Ray would detect (its own
+    detection, ``CUDA_VISIBLE_DEVICES`` included); None when that detection is not available."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        from ray._private.utils import get_num_cpus
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        gpus = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+        if visible is not None:
+            gpus = min(gpus, len(visible))
+        return Node(node_id="local", address=LOCALHOST, resources={"CPU": float(get_num_cpus()), "GPU": float(gpus)})
+    except Exception:  # private API of Ray: the check after Ray starts still runs
+        return None
 
 
 def alive_nodes() -> list[Node]:

@@ -1,8 +1,12 @@
 """Run a search: Ray Tune + OptunaSearch (+ ASHA) over a loaded :class:`SearchSpace`.
 
-``run_search(space)`` connects to Ray, checks the set-up (resources, shared storage), prepares
-the data cache once, assembles the Tuner and runs it; it returns a :class:`SearchOutcome` with
-Tune's ResultGrid and a leaderboard. Tune keeps everything under ``<storage_path>/<name>/``;
+``run_search(space)`` refuses what can be refused before anything is written or Ray starts
+(:func:`check_search`: the name, ``resume``, warm-start points, resources of the local Ray it would
+start), prepares the data caches once and starts or joins Ray (:func:`prepare_search`, which
+refuses unreadable data before a local Ray starts, and requests no node of a joined cluster can
+run), assembles the Tuner and runs it; it returns a :class:`SearchOutcome` with Tune's ResultGrid
+and a leaderboard. A caller that writes elsewhere first (MLflow) calls the first two itself and
+passes the cluster in. Tune keeps everything under ``<storage_path>/<name>/``;
 the Optuna study, a mirror of the trials, is described in :mod:`motorsearch.search.study`.
 Every trial runs in a process of its own (no actor reuse).
 
@@ -17,15 +21,16 @@ the experiment; on resume the ones given now replace the saved ones.
 from __future__ import annotations
 
 import itertools
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from motorsearch.environment import restored
+from motorsearch.environment import folder_problem, restored
 from motorsearch.errors import ConfigError, InputError
-from motorsearch.search.cluster import ClusterInfo, check_request, check_storage, connect, dashboard_message
+from motorsearch.search.cluster import ClusterInfo, check_request, check_storage, connect, dashboard_message, local_node
 from motorsearch.search.space import SearchSpace, is_uri
 from motorsearch.search.study import make_searcher, remove_stale_study, reopen_waiting, settle_study, study_url
 from motorsearch.search.trainable import TrialSetup, fault_epoch_from_env, fault_raise_from_env, train_trial
@@ -35,14 +40,15 @@ _CACHE_KEYS = ("data.root", "data.format", "data.labels", "data.labels_unit", "d
                "data.cache_dir", "data.synthetic.n_train", "data.synthetic.n_test", "data.synthetic.seed",
                "data.synthetic.difficulty")
 _MAX_PREPARED_VARIANTS = 16
+_UNFINISHED = frozenset({"PENDING", "RUNNING", "PAUSED"})  # Tune trial statuses of a search stopped midway
 # A new process per trial. Reusing a finished trial's process saves its start-up (measured in
 # benchmarks/bench_endings.py), but a function trainable cannot reset itself, and Ray's reuse
 # after an ASHA stop errored the next trial ("Could not re-use actor") or hung the whole search.
 REUSE_ACTORS = False
 # Tune adds a TensorBoard logger unless this is "1", and then prints a `tensorboard --logdir` hint
 # for a tool the project does not install; the CSV and JSON loggers results rely on are added by
-# `_loggers` instead.
-_NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+# `result_loggers` instead.
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 @dataclass
@@ -78,17 +84,14 @@ class SearchOutcome:
         return _exportable(self.leaderboard)
 
 
-def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_evaluate: list[dict] | None = None,
-               resume: bool = False, verbose: int = 1, out: Any = None) -> SearchOutcome:
-    """Run (or with ``resume`` continue) the search ``space`` describes; see the module docstring.
-
-    ``points_to_evaluate``: configurations tried first, as ``{dotted.path: value}`` over the
-    sampled parameters (Optuna enqueues them; parameters left out are sampled).
-    ``out``: where progress lines go (default stdout).
-    """
+def check_search(space: SearchSpace, *, resume: bool = False, points_to_evaluate: list[dict] | None = None) -> None:
+    """Raise InputError for a search that cannot run, before Ray starts and before anything is written:
+    warm-start points that are not sampled values, a name already taken (without ``resume``) or
+    nothing to resume (with it), a results or cache folder that cannot be made, and for a local Ray not yet started, a trial request larger than
+    what that Ray will offer (Ray's own CPU and GPU detection)."""
+    import ray
     from ray import tune
 
-    out = out or sys.stdout
     _check_points(space, points_to_evaluate)
     path = space.experiment_path
     restorable = tune.Tuner.can_restore(path)
@@ -98,12 +101,52 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
     if not resume and restorable:
         raise InputError(f"a search named {space.name!r} already exists at {path}; continue it with --resume, or give "
                          "another name (--name).")
+    for key, folder in (("storage_path", space.storage_path), ("data.cache_dir", space.base.data.cache_dir)):
+        problem = None if is_uri(str(folder)) else folder_problem(folder)
+        if problem:
+            raise InputError(f"{space.source}: `{key}` must be a folder this machine can write, but {problem} "
+                             f"({key}={str(folder)!r}).")
+    if space.address is None and not ray.is_initialized():
+        node = local_node()
+        if node is not None:
+            check_request(space.resources, [node])
 
+
+def prepare_search(space: SearchSpace, *, out: Any = None) -> ClusterInfo:
+    """Build the data caches and start or join Ray; raise InputError when the data cannot be read or no
+    node can run a trial. A local Ray starts only once the data is ready, so unreadable data starts none."""
+    import ray
+
+    out = out or sys.stdout
+    joining = space.address is not None or ray.is_initialized()
+    if not joining:
+        prepare_data(space, out=out)
     cluster = connect(space.address)
     print(dashboard_message(cluster), file=out)
     check_request(space.resources, cluster.nodes)
     check_storage(space.storage_path, shared=space.storage_shared, nodes=cluster.nodes)
-    prepare_data(space, out=out)
+    if joining:  # a cluster's requests are checked first: they fail in seconds, a cache build takes minutes
+        prepare_data(space, out=out)
+    return cluster
+
+
+def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_evaluate: list[dict] | None = None,
+               resume: bool = False, verbose: int = 1, out: Any = None,
+               cluster: ClusterInfo | None = None) -> SearchOutcome:
+    """Run (or with ``resume`` continue) the search ``space`` describes; see the module docstring.
+
+    ``points_to_evaluate``: configurations tried first, as ``{dotted.path: value}`` over the
+    sampled parameters (Optuna enqueues them; parameters left out are sampled).
+    ``out``: where progress lines go (default stdout).
+    ``cluster``: given when the caller already ran :func:`check_search` and :func:`prepare_search`.
+    """
+    from ray import tune
+
+    out = out or sys.stdout
+    if cluster is None:
+        check_search(space, resume=resume, points_to_evaluate=points_to_evaluate)
+        cluster = prepare_search(space, out=out)
+    path = space.experiment_path
 
     setup = TrialSetup(base=space.base.to_dict(), objective=space.objective, cpus=space.resources.cpu,
                        trial_root=None if is_uri(path) else path, fault_epoch=fault_epoch_from_env(),
@@ -114,15 +157,21 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
         reopen_waiting(study_storage, space.name)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         if callbacks:  # saved ones may be stale
-            tuner._local_tuner.get_run_config().callbacks = _loggers(callbacks)
+            tuner._local_tuner.get_run_config().callbacks = result_loggers(callbacks)
         print(f"resuming the search at {path}", file=out)
     else:
-        remove_stale_study(study_storage)
-        tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
-                           run_config=_run_config(space, callbacks, verbose))
+        new_folder = not is_uri(path) and not Path(path).exists()
+        try:
+            remove_stale_study(study_storage)
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
+                               run_config=_run_config(space, callbacks, verbose))
+        except BaseException:  # nothing ran: the folder this call made (the study file) goes
+            if new_folder:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         print(f"search {space.name!r}: {space.num_samples} trials, results in {path}", file=out)
     try:
-        with restored(_NO_AUTO_LOGGERS, "1"):
+        with restored(NO_AUTO_LOGGERS, "1"):
             results = tuner.fit()
     except BaseException:  # e.g. a second Ctrl-C: the trials still running wait for --resume
         settle_study(study_storage, space.name, search_ended=False)
@@ -154,7 +203,13 @@ def prepare_data(space: SearchSpace, *, out: Any = None) -> list[Path]:
         cfg = space.trial_config(values, source=f"{space.source} (data preparation)")
         if out is not None:
             print(f"preparing data cache ({_describe(values) or 'base experiment'}) in {cfg.data.cache_dir}", file=out)
-        roots.append(prepare(cfg.data, progress=out is not None).root)
+        new_folder = not Path(cfg.data.cache_dir).exists()
+        try:
+            roots.append(prepare(cfg.data, progress=out is not None).root)
+        except InputError:  # unreadable data: a cache folder this call made holds nothing worth keeping
+            if new_folder:
+                shutil.rmtree(cfg.data.cache_dir, ignore_errors=True)
+            raise
     return roots
 
 
@@ -164,7 +219,7 @@ def leaderboard(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
     objective = space.objective
     sampled = {p.path for p in space.parameters}
     rows = []
-    for result in results:
+    for result, tune_status in zip(results, _tune_statuses(results), strict=True):
         last = result.metrics or {}
         frame = result.metrics_dataframe
         value = last.get(objective.value_key)
@@ -177,6 +232,8 @@ def leaderboard(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
         checkpoint = _checkpoint_of_epoch(result, epoch) if epoch is not None else None
         if result.error:
             status = schema.ERRORED
+        elif tune_status in _UNFINISHED:  # the search stopped (Ctrl-C) while the trial ran or waited
+            status = schema.INTERRUPTED
         elif epochs_run >= space.planned_epochs(result.config or {}):
             status = schema.FINISHED
         else:
@@ -232,7 +289,7 @@ def _run_config(space: SearchSpace, callbacks: Sequence[Any], verbose: int) -> A
     return tune.RunConfig(
         name=space.name,
         storage_path=space.storage_path,
-        callbacks=_loggers(callbacks),
+        callbacks=result_loggers(callbacks),
         stop=_budget(space),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=space.checkpoints_to_keep,
                                                 checkpoint_score_attribute=space.metric,
@@ -242,7 +299,7 @@ def _run_config(space: SearchSpace, callbacks: Sequence[Any], verbose: int) -> A
     )
 
 
-def _loggers(callbacks: Sequence[Any]) -> list[Any]:
+def result_loggers(callbacks: Sequence[Any]) -> list[Any]:
     """``callbacks`` plus Tune's CSV and JSON result loggers (``progress.csv``, ``result.json``)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -312,6 +369,14 @@ def _checkpoint_of_epoch(result: Any, epoch: int) -> str | None:
         if int(metrics.get("epoch", -1)) == epoch:
             return checkpoint.path
     return None
+
+
+def _tune_statuses(results: Any) -> list[str | None]:
+    """Tune's status of each trial of a ResultGrid, in its order (None where Tune does not say)."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(results):
+        return [None] * len(results)
+    return [getattr(trial, "status", None) for trial in trials]
 
 
 def _exportable(rows: Sequence[LeaderboardRow]) -> LeaderboardRow | None:

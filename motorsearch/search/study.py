@@ -117,26 +117,25 @@ def make_searcher(space: SearchSpace, study_storage: str, points_to_evaluate: li
                                                warn_independent_sampling=False)
     else:
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    _file(study_storage).parent.mkdir(parents=True, exist_ok=True)
     return StudySearch(objective=space.objective, planned_epochs=space.planned_epochs,
                        space=space.define_by_run(), sampler=sampler, study_name=space.name,
                        storage=_storage(study_storage), points_to_evaluate=points_to_evaluate or None)
 
 
 def study_url(space: SearchSpace) -> str:
-    """SQLAlchemy URL of the Optuna study file (see the module docstring); creates its folder."""
+    """SQLAlchemy URL of the Optuna study file (see the module docstring). Creates nothing: the
+    folder is made when the searcher first writes (:func:`make_searcher`)."""
     if is_uri(space.storage_path):
-        folder = Path.cwd() / ".motorsearch" / "optuna"
-        file = folder / f"{space.name}.db"
+        file = Path.cwd() / ".motorsearch" / "optuna" / f"{space.name}.db"
     else:
-        folder = Path(space.experiment_path)
-        file = folder / STUDY_FILE
-    folder.mkdir(parents=True, exist_ok=True)
+        file = Path(space.experiment_path) / STUDY_FILE
     return f"sqlite:///{file}"
 
 
 def remove_stale_study(url: str) -> None:
     """A study file without a Tune experiment beside it is left from a start that never ran: drop it."""
-    file = Path(url.removeprefix("sqlite:///"))
+    file = _file(url)
     if file.is_file():
         file.unlink()
 
@@ -199,12 +198,16 @@ def link_run(url: str, name: str, ray_trial_id: str, mlflow_run_id: str) -> int 
 def _load(url: str, name: str) -> Any:
     import optuna
 
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    if url.startswith("sqlite:///") and not _file(url).is_file():
         return None
     try:
         return optuna.load_study(study_name=name, storage=_storage(url))
     except KeyError:  # no study of that name (the search never asked for a trial)
         return None
+
+
+def _file(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
 
 
 def _storage(url: str) -> Any:

@@ -28,6 +28,7 @@ from motorsearch.errors import ConfigError, InputError
 from motorsearch.objective import Objective
 from motorsearch.registry import did_you_mean
 from motorsearch.tracking import schema
+from motorsearch.tracking.drivers import settle_dead_searches
 from motorsearch.tracking.uri import ENV_VAR, check_tracking_uri, describe_origin, resolve_tracking_uri
 
 RANKED_STATUSES = (schema.FINISHED, schema.EARLY_STOPPED)  # trials that enter the importance study
@@ -44,7 +45,8 @@ def find_search(client: MlflowClient, experiment_name: str | None) -> Any:
     """The parent run of the latest search in ``experiment_name`` (any experiment when None).
 
     InputError for an unknown experiment (with did-you-mean over the existing names) or one
-    without a motorsearch search in it.
+    without a motorsearch search in it. A running search whose driver died is marked interrupted
+    first (:func:`~motorsearch.tracking.drivers.settle_dead_searches`).
     """
     if experiment_name is None:
         experiments = client.search_experiments()
@@ -54,7 +56,7 @@ def find_search(client: MlflowClient, experiment_name: str | None) -> Any:
         if not runs:
             raise InputError(f"no motorsearch search found at tracking URI {client.tracking_uri}; run "
                              "`python -m motorsearch run SPACE.yaml` first or pass --tracking-uri.")
-        return runs[0]
+        return _settled(client, runs[0])
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
         names = [e.name for e in client.search_experiments()]
@@ -67,7 +69,13 @@ def find_search(client: MlflowClient, experiment_name: str | None) -> Any:
     if not runs:
         raise InputError(f"--experiment {experiment_name!r} holds no motorsearch search (no run tagged "
                          f"{schema.ROLE}={schema.ROLE_SEARCH}).")
-    return runs[0]
+    return _settled(client, runs[0])
+
+
+def _settled(client: MlflowClient, search: Any) -> Any:
+    if settle_dead_searches(client, search.info.experiment_id):
+        return client.get_run(search.info.run_id)  # its status may have changed
+    return search
 
 
 def get_run(client: MlflowClient, run_id: str) -> Any:

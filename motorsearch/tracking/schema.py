@@ -29,6 +29,7 @@ SPACE_SHA256 = "motorsearch.space_sha256"
 CODE_VERSION = "motorsearch.version"
 GIT_COMMIT = "motorsearch.git_commit"
 RAY_ADDRESS = "motorsearch.ray_address"
+DRIVER = "motorsearch.driver"  # host:pid:start of the process running the search (``search_runs.this_driver``)
 STORAGE_PATH = "motorsearch.storage_path"
 BEST_RUN = "motorsearch.best_run_id"
 

@@ -34,6 +34,11 @@ A trial's final status (tag ``motorsearch.status``):
 - ``early_stopped``: completed with fewer epochs (the scheduler, e.g. ASHA, stopped it);
 - ``errored``: Ray gave up on it (after ``max_failures`` restarts);
 - ``interrupted``: the search ended (Ctrl-C, crash) while the trial was still running.
+
+A search whose driver died (SIGKILL) cannot end its runs itself; the next command that opens the
+experiment marks them interrupted (:mod:`motorsearch.tracking.drivers`). A search refused after its
+parent run was opened leaves nothing: the new parent (and the experiment, when the command made it)
+is deleted.
 """
 
 from __future__ import annotations
@@ -59,9 +64,11 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from motorsearch import __version__
+from motorsearch.errors import InputError
 from motorsearch.objective import Objective, is_better
 from motorsearch.tracking import schema
-from motorsearch.tracking.uri import check_tracking_uri, describe_origin, resolve_tracking_uri
+from motorsearch.tracking.drivers import settle_dead_searches, this_driver
+from motorsearch.tracking.uri import check_tracking_uri, describe_origin, resolve_tracking_uri, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -98,31 +105,53 @@ class SearchRun:
     study_storage: str | None = None
     study_name: str | None = None
     status: str | None = None  # e.g. "interrupted" when the runner caught Ctrl-C itself
+    # what ``start`` made, deleted again when the search is refused before any trial ran
+    created_run: bool = False
+    created_experiment: bool = False
+
+    @staticmethod
+    def check_tracking(tracking_uri: str | None, *, origin: str | None = None) -> str:
+        """Resolve ``tracking_uri`` (:func:`~motorsearch.tracking.uri.resolve_tracking_uri`) and check it
+        without writing anything: an unreachable server raises InputError within seconds. ``origin``
+        (e.g. "--tracking-uri") is named in the message when the URI was given."""
+        uri = resolve_tracking_uri(tracking_uri)
+        check_tracking_uri(uri, origin=describe_origin(tracking_uri, explicit_origin=origin or "`tracking_uri`"))
+        return uri
 
     @classmethod
     def start(cls, *, name: str, objective: Objective, space_file: str | Path | None = None,
               settings: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
-              ray_address: str | None = None, storage_path: str | None = None, resume: bool = False) -> SearchRun:
+              ray_address: str | None = None, storage_path: str | None = None, resume: bool = False,
+              tracking_origin: str | None = None) -> SearchRun:
         """Open (or with ``resume``, reopen the latest) parent run in experiment ``name``.
 
         ``settings``: how the search runs (sampler, scheduler, budget, ...), logged as the new parent
         run's parameters.
 
-        ``tracking_uri`` is resolved by :func:`~motorsearch.tracking.uri.resolve_tracking_uri`
-        and checked (an unreachable server raises InputError within seconds).
+        ``tracking_uri`` is resolved and checked by :meth:`check_tracking` (``tracking_origin``: where
+        it was given, for the message). Runs of a dead driver in the experiment are marked
+        interrupted first (:func:`settle_dead_searches`).
         """
-        uri = resolve_tracking_uri(tracking_uri)
-        check_tracking_uri(uri, origin=describe_origin(tracking_uri, explicit_origin="the space file's "
-                                                                                     "`tracking_uri`"))
+        uri = cls.check_tracking(tracking_uri, origin=tracking_origin)
+        database = sqlite_path(uri)
+        if database is not None:  # checked, not made, by check_tracking
+            try:
+                database.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create the folder {database.parent} for the MLflow database {database}: "
+                                 f"{exc.strerror or exc}.") from None
         client = MlflowClient(uri)
+        existed = client.get_experiment_by_name(name) is not None
         experiment_id = _experiment_id(client, name, artifact_location=default_artifact_location(uri))
+        settle_dead_searches(client, experiment_id)
         parent = _latest_search(client, experiment_id) if resume else None
         if parent is not None:
             client.update_run(parent.info.run_id, status="RUNNING")
-            client.set_tag(parent.info.run_id, schema.STATUS, schema.SEARCH_RUNNING)
+            for key, value in {schema.STATUS: schema.SEARCH_RUNNING, schema.DRIVER: this_driver()}.items():
+                client.set_tag(parent.info.run_id, key, value)
             run_id = parent.info.run_id
         else:
-            tags = {schema.ROLE: schema.ROLE_SEARCH, schema.STATUS: schema.SEARCH_RUNNING,
+            tags = {schema.ROLE: schema.ROLE_SEARCH, schema.STATUS: schema.SEARCH_RUNNING, schema.DRIVER: this_driver(),
                     schema.METRIC: objective.metric, schema.MODE: objective.mode, schema.OBJECTIVE: objective.kind,
                     schema.CODE_VERSION: __version__,
                     schema.RAY_ADDRESS: ray_address or "local", schema.STORAGE_PATH: str(storage_path or "")}
@@ -141,7 +170,7 @@ class SearchRun:
                 client.log_artifact(run_id, str(space_file), schema.SPACE_ARTIFACT_DIR)
         set_runs_view(client, experiment_id, objective)
         return cls(tracking_uri=uri, experiment_id=experiment_id, experiment_name=name, run_id=run_id,
-                   objective=objective)
+                   objective=objective, created_run=parent is None, created_experiment=not existed)
 
     @property
     def runs_url(self) -> str:
@@ -217,12 +246,28 @@ class SearchRun:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
         if kind is None:
             status = self.status or schema.SEARCH_FINISHED
-        elif issubclass(kind, KeyboardInterrupt):
-            status = schema.SEARCH_INTERRUPTED
+        elif issubclass(kind, KeyboardInterrupt) or not self.created_run:
+            status = schema.SEARCH_INTERRUPTED  # a resumed search that failed again can still be resumed
+        elif not self._has_trials():
+            self.discard()  # refused or broken before any trial: it leaves no run to hide the real searches
+            return False
         else:
             status = schema.SEARCH_FAILED
         self.finish(status)
         return False
+
+    def _has_trials(self) -> bool:
+        return bool(MlflowClient(self.tracking_uri).search_runs(
+            [self.experiment_id], max_results=1, filter_string=f"tags.`{schema.PARENT}` = '{self.run_id}'"))
+
+    def discard(self) -> None:
+        """Delete the parent run this search made, and its experiment when the search made that too."""
+        for callback in self.callbacks:
+            callback.close()
+        client = MlflowClient(self.tracking_uri)
+        client.delete_run(self.run_id)
+        if self.created_experiment:
+            client.delete_experiment(self.experiment_id)
 
 
 @dataclass

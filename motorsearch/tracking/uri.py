@@ -9,7 +9,8 @@ training:
 
 - ``http(s)://``: the server must answer ``GET /health`` within a few seconds. MLflow's own
   client retries for minutes, which is why this check is separate and short.
-- ``sqlite:///PATH``: the folder must exist (or be creatable) and be writable; a database on a
+- ``sqlite:///PATH``: the folder must exist (or be creatable) and be writable (checked without
+  creating anything: MLflow makes the file when the first run is written); a database on a
   network file system (NFS, CIFS, Lustre...) draws a warning, as SQLite locking is unreliable
   there. With ``must_exist`` (``best``, ``export``) the database file must already exist.
 """
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from motorsearch.environment import folder_problem
 from motorsearch.errors import InputError
 
 ENV_VAR = "MLFLOW_TRACKING_URI"
@@ -77,14 +79,9 @@ def check_tracking_uri(uri: str, *, origin: str = "the tracking URI", must_exist
         raise InputError(f"no MLflow database at {database} (tracking URI {uri!r} from {origin}); "
                          f"run a search first, or point --tracking-uri / {ENV_VAR} at the store that holds it.")
     folder = database.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the folder {folder} for the MLflow database {database} "
-                         f"(tracking URI from {origin}): {exc.strerror or exc}.") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"the folder {folder} of the MLflow database {database} is not writable "
-                         f"(tracking URI from {origin}).")
+    problem = folder_problem(folder)  # checked, not created
+    if problem:
+        raise InputError(f"cannot write the MLflow database {database} (tracking URI from {origin}): {problem}.")
     filesystem = filesystem_type(folder)
     if filesystem in NETWORK_FILESYSTEMS:
         log.warning("The MLflow database %s is on a %s file system; SQLite locking is unreliable there. "
