@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +267,18 @@ def verify_checksum(path: str | Path) -> bool:
     return True
 
 
+def _load_failure(exc: Exception) -> str:
+    """What ``torch.load`` said about a file, less its advice to load a refused pickle with
+    ``weights_only=False`` (running code from the file), which a tool that refuses it must not repeat."""
+    text = str(exc)
+    if "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        held = f"a Python object ({found.group(1)})" if found else "Python objects"
+        return f"it holds {held}, which a model file never does; it was refused without running it"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}"
+
+
 def load_model_file(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model file written by ``save_model_file`` (or an ensemble file); the model is in eval
     mode on ``device``.
@@ -282,9 +295,8 @@ def load_model_file(path: str | Path, *, device: str | torch.device = "cpu") -> 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or truncated bytes
-        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelFileError(f"{path}: not a readable model file (corrupted, truncated or not a torch file): "
-                             f"{type(exc).__name__}: {first}") from None
+                             f"{_load_failure(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a motorsearch model file (expected format={FORMAT!r}).")
     version = payload.get("format_version")

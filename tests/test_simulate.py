@@ -107,8 +107,9 @@ def test_difficulty_raises_noise() -> None:
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="`n_train` cannot be negative, but got n_train=-1"):
-        simulate_dataset(tmp_path / "x", n_train=-1, n_test=1, seed=0)
+    for n_train in (-1, 0):  # an empty train split trains nothing
+        with pytest.raises(ConfigError, match=f"`n_train` must be at least 1 .*, but got n_train={n_train}"):
+            simulate_dataset(tmp_path / "x", n_train=n_train, n_test=1, seed=0)
     with pytest.raises(ConfigError, match="`difficulty` cannot be negative"):
         simulate_dataset(tmp_path / "x", n_train=1, n_test=1, seed=0, difficulty=-0.5)
     (tmp_path / "full").mkdir()
@@ -126,5 +127,9 @@ def test_cli_writes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert len(read_kaggle(out)) == 1
     assert main(["simulate", "--out", str(out), "--n-train", "1", "--n-test", "1"]) == 2
     assert main(["simulate", "--out", str(tmp_path / "neg"), "--n-train", "-2"]) == 2
+    assert main(["simulate", "--out", str(tmp_path / "empty"), "--n-train", "0"]) == 2
     err = capsys.readouterr().err
-    assert "already exists" in err and "`n_train` cannot be negative" in err and "Traceback" not in err
+    assert "already exists" in err and "Traceback" not in err
+    assert "`--n-train` must be at least 1 (an empty train split trains nothing), but got --n-train=-2." in err
+    assert "but got --n-train=0." in err
+    assert not (tmp_path / "neg").exists() and not (tmp_path / "empty").exists()

@@ -27,7 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from motorsearch.data.simulate import simulate_dataset
+    from motorsearch.errors import ConfigError
 
+    if args.n_train < 1:
+        raise ConfigError(f"`--n-train` must be at least 1 (an empty train split trains nothing), but got "
+                          f"--n-train={args.n_train}.")
+    if args.n_test < 0:
+        raise ConfigError(f"`--n-test` cannot be negative, but got --n-test={args.n_test}.")
     start = time.perf_counter()
     out = simulate_dataset(Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed,
                            difficulty=args.difficulty)

@@ -14,6 +14,7 @@ voxel ``k`` spans ``[k - 0.5, k + 0.5)``. Volumes load lazily as (z, y, x) uint8
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -226,13 +227,14 @@ def read_labels_csv(path: Path | str) -> dict[str, TomogramLabels]:
     Rows are grouped by tomo_id (first-seen order). ``-1,-1,-1`` rows mean "no motor"; a
     ``Number of motors`` larger than the rows listed keeps the listed motors. Every row is checked:
     numbers parse and are finite, shapes are positive integers, ``Voxel spacing`` > 0, coordinates
-    lie inside the array (``-0.5 <= c < n - 0.5``), and all rows of a tomogram agree on shape and
-    spacing. Errors name the file, the line (header = line 1), the column and the value.
+    lie inside the array (``-0.5 <= c < n - 0.5``), all rows of a tomogram agree on shape and
+    spacing, and no motor is listed twice. The file must be UTF-8. Errors name the file, the line
+    (header = line 1), the column and the value.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such labels file.")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(utf8_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in LABEL_COLUMNS if c not in header]
@@ -243,6 +245,7 @@ def read_labels_csv(path: Path | str) -> dict[str, TomogramLabels]:
             )
         motors: dict[str, list[tuple[float, float, float]]] = {}
         meta: dict[str, tuple[tuple[int, int, int], float]] = {}
+        seen: dict[tuple[str, tuple[float, ...]], int] = {}  # (tomo_id, motor) -> its line
         for line, row in enumerate(reader, start=2):
             where = f"{path} line {line}"
             tomo_id = (row.get("tomo_id") or "").strip()
@@ -274,6 +277,10 @@ def read_labels_csv(path: Path | str) -> dict[str, TomogramLabels]:
                         f"{where}: `{column}`={value:g} lies outside the array; it must be in "
                         f"[-0.5, {size - 0.5:g}) for Array shape {shape}, or -1,-1,-1 for no motor."
                     )
+            first = seen.setdefault((tomo_id, point), line)
+            if first != line:
+                raise DataError(f"{where}: the motor at ({', '.join(f'{v:g}' for v in point)}) is listed twice "
+                                f"(also on line {first}); list each motor once.")
             motors[tomo_id].append(point)  # type: ignore[arg-type]
     return {
         tomo_id: TomogramLabels(
@@ -281,6 +288,17 @@ def read_labels_csv(path: Path | str) -> dict[str, TomogramLabels]:
         )
         for tomo_id, points in motors.items()
     }
+
+
+def utf8_text(path: Path, *, what: str = "the labels CSV") -> str:
+    """The text of ``path`` (a byte-order mark dropped); DataError naming the line when it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: {what} must be UTF-8 text, but byte {raw[exc.start:exc.start + 1]!r} "
+                        "is not UTF-8 (saved as Latin-1?); save the file as UTF-8.") from None
 
 
 def parse_number(row: Mapping[str, str | None], column: str, where: str) -> float:

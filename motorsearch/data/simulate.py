@@ -56,9 +56,8 @@ def simulate_dataset(
 
     Raises ConfigError for bad arguments and InputError if ``out`` exists and is not empty.
     """
-    _check(n_train >= 0, "n_train", "cannot be negative", n_train)
+    _check(n_train >= 1, "n_train", "must be at least 1 (an empty train split trains nothing)", n_train)
     _check(n_test >= 0, "n_test", "cannot be negative", n_test)
-    _check(n_train + n_test >= 1, "n_train", "plus n_test must be at least 1", n_train)
     _check(difficulty >= 0, "difficulty", "cannot be negative", difficulty)
     _check(0.2 <= scale <= 2.0, "scale", "must be in [0.2, 2]", scale)
     out = Path(out)

@@ -32,6 +32,7 @@ tomogram it does not mention has no motors; without one, every record is unlabel
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from motorsearch.data.kaggle import parse_number
+from motorsearch.data.kaggle import parse_number, utf8_text
 from motorsearch.data.source import TomogramRecord
 from motorsearch.errors import ConfigError, DataError
 from motorsearch.registry import did_you_mean
@@ -318,7 +319,7 @@ def read_motor_csv(
     if not path.is_file():
         raise DataError(f"{path}: no such labels file.")
     motors: dict[str, list[np.ndarray]] = {tomo_id: [] for tomo_id in volumes}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(utf8_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         columns = next((c for c in COORDINATE_COLUMNS if all(name in header for name in c)), None)

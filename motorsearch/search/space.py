@@ -395,6 +395,18 @@ def _parameters(path: Path, raw: Any, base: ExperimentConfig) -> list[Parameter]
         if dotted not in fields:
             raise ConfigError(f"{path}: `{key}`: unknown config key '{dotted}'.{did_you_mean(str(dotted), fields)}")
         parameters.append(_parameter(path, key, dotted, spec, fields[dotted]))
+    # the values first: a typo in a categorical's choices is that choice's fault, not the fault of a
+    # `when:` that names the right value
+    base_dict = base.to_dict()
+    for parameter in parameters:
+        for value in _values_to_check(parameter):
+            _check_registered(path, parameter.path, value)
+            try:
+                build_trial_config(base_dict, {parameter.path: value}, source="")
+            except ConfigError as exc:
+                detail = str(exc).removeprefix(": ")
+                raise ConfigError(f"{path}: `parameters.{parameter.path}` can take {value!r}, which the experiment "
+                                  f"config rejects: {detail}") from None
     by_path = {p.path: p for p in parameters}
     for parameter in parameters:
         for when_path, allowed in parameter.when:
@@ -412,16 +424,6 @@ def _parameters(path: Path, raw: Any, base: ExperimentConfig) -> list[Parameter]
         order_parameters(parameters)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    base_dict = base.to_dict()
-    for parameter in parameters:
-        for value in _values_to_check(parameter):
-            _check_registered(path, parameter.path, value)
-            try:
-                build_trial_config(base_dict, {parameter.path: value}, source="")
-            except ConfigError as exc:
-                detail = str(exc).removeprefix(": ")
-                raise ConfigError(f"{path}: `parameters.{parameter.path}` can take {value!r}, which the experiment "
-                                  f"config rejects: {detail}") from None
     return parameters
 
 
