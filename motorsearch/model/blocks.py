@@ -105,7 +105,6 @@ class PreActResBlock3d(nn.Module):
         self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.norm2 = make_norm(norm, out_channels)
         self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.act = nn.SiLU()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.skip: nn.Module = nn.Identity()
         if downsample or in_channels != out_channels:
@@ -116,9 +115,14 @@ class PreActResBlock3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, D, H, W) -> (B, C_out, D', H', W')."""
         shortcut = downsample2(x) if self.downsample else x
-        y = self.act(self.norm1(x))
+        y = self.activate(self.norm1(x))
         if self.downsample:
             y = downsample2(y)
         y = self.conv1(y)
-        y = self.conv2(self.act(self.norm2(y)))
+        y = self.conv2(self.activate(self.norm2(y)))
         return self.skip(shortcut) + self.drop_path(y)
+
+    def activate(self, normed: torch.Tensor) -> torch.Tensor:
+        """SiLU of a norm's fresh output, in place when no gradient is recorded: on a CPU a new
+        large tensor costs more (page faults) than the SiLU itself."""
+        return F.silu(normed, inplace=not torch.is_grad_enabled())

@@ -29,6 +29,9 @@ reduction runs on whichever grid is smaller.
 Input sizes: any multiple of the stride. When a size is not a multiple of 32 a coarse level gets
 ``ceil`` sizes (an odd axis is padded at its far end by repeating its last voxel before halving);
 up-sampled levels are cropped to exactly ``size / stride``. Neither moves the grid origin.
+
+On a CPU the stem and the first block run on the 2×2×2 phase layout (``model.phases``): the same
+result, to float rounding, in about half the time of the direct full-resolution path.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from motorsearch.model import phases
 from motorsearch.model.blocks import PreActResBlock3d, make_norm, make_squeeze_excitation
 
 LEVELS = 5  # encoder stages at 1/2 ... 1/32
@@ -148,8 +152,13 @@ class MotorIdentifier(nn.Module):
         out_size = tuple(n // self.stride for n in size)
 
         features = []
-        y = self.stem(x)
-        for stage in self.encoder:
+        first, *later = self.encoder
+        if phases.applies(self.stem, first[0], x):  # the same numbers without the full-resolution stem output
+            y = first[1:](phases.stem_and_first_block(x, self.stem, first[0]))
+        else:
+            y = first(self.stem(x))
+        features.append(y)
+        for stage in later:
             y = stage(y)
             features.append(y)
 
