@@ -228,6 +228,25 @@ def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
 
 
+def install_model_file(source: str | Path, out: str | Path) -> Path:
+    """Copy the model file ``source`` to ``out`` atomically, write ``out.sha256`` and load ``out`` once
+    (which checks both); returns the sidecar's path. ``source`` is checked first."""
+    import shutil
+
+    out = Path(out)
+    load_model_file(source)
+    staged = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copyfile(source, staged)
+        checksum_path(out).unlink(missing_ok=True)  # an old sidecar describes other bytes
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    sidecar = write_checksum(out)
+    load_model_file(out)
+    return sidecar
+
+
 def checksum_path(path: str | Path) -> Path:
     """``<path>.sha256``."""
     path = Path(path)

@@ -189,7 +189,7 @@ def test_best_cli_prints_the_leaderboard(search, capsys):
     rows = [line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "3 ", "4 "))]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]  # --top 3
     assert "good" in rows[0] and "tie" in rows[1] and "short" in rows[2] and "early_stopped" in rows[2]
-    assert "best finished trial:" in out and children_trial_id(search, "good") in out
+    assert "best trial (best_val_f2 on the search's validation fold):" in out and children_trial_id(search, "good") in out
 
 
 def children_trial_id(search, case):

@@ -11,7 +11,7 @@ from motorsearch.cli import main
 from motorsearch.config import ExperimentConfig
 from motorsearch.data.kaggle import read_kaggle
 from motorsearch.evaluation.scoring import read_solution_csv, score_submission_csv
-from motorsearch.model_file import LoadedModel, checksum_path, load_model_file
+from motorsearch.model_file import LoadedModel, checksum_path, load_model_file, write_model_payload
 from motorsearch.predict import Predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -252,9 +252,7 @@ def with_quantile(model, folder, quantile):
     """A copy of ``model`` whose file says the validation threshold predicted ``quantile`` of the tomograms."""
     payload = torch.load(model, weights_only=True)
     payload["quantile"] = quantile
-    path = folder / f"quantile-{quantile}.pt"
-    torch.save(payload, path)
-    return path
+    return write_model_payload(folder / f"quantile-{quantile}.pt", payload)  # sealed anew, as a writer would
 
 
 def test_quantile_threshold_predicts_the_validation_rate_of_the_tomograms(trained, tmp_path, capsys):

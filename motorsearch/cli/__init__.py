@@ -14,7 +14,7 @@ import sys
 from motorsearch import __version__
 from motorsearch.errors import InputError
 
-COMMANDS = ("simulate", "prepare", "train", "predict", "run", "best", "export")
+COMMANDS = ("simulate", "prepare", "train", "predict", "run", "best", "confirm", "refit", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"motorsearch {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"motorsearch.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"motorsearch.cli.{name}":
-                raise
-            continue  # command not built yet
-        module.add_parser(subparsers)
+        importlib.import_module(f"motorsearch.cli.{name}").add_parser(subparsers)
     return parser
 
 
@@ -41,6 +35,15 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field, e.g. --set optim.lr=1e-3 (repeatable; type-checked)",
     )
+
+
+def add_tracking_options(parser: argparse.ArgumentParser, *, register: bool = False) -> None:
+    """``--tracking-uri`` of the commands that read a search back from MLflow, and ``--register``."""
+    if register:
+        parser.add_argument("--register", metavar="MODEL_NAME",
+                            help="also register it in the MLflow Model Registry under alias 'champion'")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)")
 
 
 def main(argv: list[str] | None = None) -> int:

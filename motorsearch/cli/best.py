@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from motorsearch.cli import add_tracking_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,8 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--experiment", metavar="NAME", help="search name = MLflow experiment (default: the latest "
                                                              "search at the tracking URI)")
     parser.add_argument("--top", type=int, default=10, metavar="K", help="rows shown (default 10; 0 = all)")
-    parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                                                              "else sqlite:///mlflow.db in this folder)")
+    add_tracking_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -27,7 +28,14 @@ def run(args: argparse.Namespace) -> int:
 
     from motorsearch.errors import InputError
     from motorsearch.tracking import schema
-    from motorsearch.tracking.leaderboard import connect, find_search, finished_trials, leaderboard, search_objective
+    from motorsearch.tracking.leaderboard import (
+        confirmed_trials,
+        connect,
+        export_ranking,
+        find_search,
+        leaderboard,
+        search_objective,
+    )
 
     if args.top < 0:
         raise InputError(f"`--top` cannot be negative, but got --top={args.top}.")
@@ -43,11 +51,20 @@ def run(args: argparse.Namespace) -> int:
     if shown.empty:
         print("(no trials logged yet)")
         return 0
+    confirmed = confirmed_trials(table)
+    key = schema.confirmed_key(objective.value_key)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 32):
         print(shown.drop(columns=["run_id"]).assign(run_id=shown["run_id"].str[:12]).to_string(index=False))
-    finished = finished_trials(table, objective)
-    if len(finished):
-        print(f"best finished trial: {finished['trial_id'].iloc[0]} (run {finished['run_id'].iloc[0]}); export it "
+        if len(confirmed):
+            print(f"\nconfirmed ranking of {len(confirmed)} trials (mean {objective.value_key} over "
+                  f"{confirmed[schema.CONFIRMED_FOLDS].max():.0f} folds, sd = spread; export picks the first):")
+            columns = {schema.CONFIRMED_RANK: "#", "trial_id": "trial", key: "mean", f"{key}_std": "sd",
+                       schema.CONFIRMED_FOLDS: "folds", "rank": "search #"}
+            print(confirmed[list(columns)].rename(columns=columns).astype({"#": int, "folds": int})
+                  .to_string(index=False))
+    ranked, ranking = export_ranking(table, objective)
+    if len(ranked):
+        print(f"best trial ({ranking}): {ranked['trial_id'].iloc[0]} (run {ranked['run_id'].iloc[0]}); export it "
               f"with: python -m motorsearch export --experiment {name} --out best.pt")
     else:
         print("no finished trial yet (export needs one).")

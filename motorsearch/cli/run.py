@@ -94,9 +94,32 @@ def run(args: argparse.Namespace) -> int:
     errors = [row for row in outcome.leaderboard if row.status == schema.ERRORED]
     if errors:
         print(f"{len(errors)} trial(s) failed; their errors are in <trial folder>/error.txt, e.g. {errors[0].path}")
+    if space.confirm is not None and outcome.complete and outcome.best is not None:
+        confirm_phase(space, search)
     if not outcome.complete:
         return 130  # as after Ctrl-C anywhere else: the search did not end
     return 0 if outcome.best is not None else 1
+
+
+def confirm_phase(space: SearchSpace, search: SearchRun) -> None:
+    """The space file's ``confirm:`` phase: the search's top trials trained again on the other folds."""
+    from motorsearch.search.confirm import describe_confirmation, plan_confirmation, run_confirmation
+    from motorsearch.tracking.leaderboard import connect, finished_trials, get_run, leaderboard
+
+    client = connect(search.tracking_uri)
+    parent = get_run(client, search.run_id)
+    finished = len(finished_trials(leaderboard(client, parent), search.objective))
+    top_k = min(space.confirm.top_k, finished)
+    if top_k < space.confirm.top_k:
+        print(f"confirm: only {finished} trial(s) finished; confirming those (confirm.top_k={space.confirm.top_k})")
+    print()
+    plan = plan_confirmation(client, parent, top_k=top_k, folds=list(space.confirm.folds or []) or None,
+                             resources=space.resources.as_ray(), max_concurrent=space.max_concurrent,
+                             max_failures=space.max_failures, storage_path=space.storage_path, address=space.address)
+    table = run_confirmation(plan)
+    print()
+    print(describe_confirmation(table, plan.objective))
+    print(f"best and export now rank by the confirmed mean (python -m motorsearch best --experiment {space.name})")
 
 
 def tracking_origin(args: argparse.Namespace) -> str:

@@ -49,7 +49,7 @@ PARAMETER_TYPES = ("float", "int", "categorical")
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
 _TOP_KEYS = ("name", "experiment", "overrides", "metric", "mode", "objective", "num_samples", "max_concurrent", "resources",
              "scheduler", "searcher", "tracking_uri", "storage_path", "storage_shared", "address", "max_failures",
-             "checkpoints_to_keep", "budget_epochs", "parameters")
+             "checkpoints_to_keep", "budget_epochs", "confirm", "parameters")
 _DATA_PATHS = ("data.cache_dir", "data.root", "data.labels")
 
 
@@ -115,6 +115,15 @@ class SearcherSpec:
     n_startup_trials: int = 10
 
 
+@dataclass(frozen=True)
+class ConfirmSpec:
+    """``confirm: {top_k: K, folds: all}``: after the search, train its top-K finished trials again on
+    the other folds and rank them by the mean (:mod:`motorsearch.search.confirm`)."""
+
+    top_k: int = 3
+    folds: tuple[int, ...] | None = None  # None: every fold
+
+
 @dataclass
 class SearchSpace:
     """A loaded, validated space file. ``base`` is the experiment with overrides (absolute paths)."""
@@ -137,6 +146,7 @@ class SearchSpace:
     max_failures: int = 2
     checkpoints_to_keep: int = 2
     budget_epochs: int | None = None  # stop the search once trials have trained this many epochs in all
+    confirm: ConfirmSpec | None = None  # a confirmation phase after the search
 
     @property
     def metric(self) -> str:
@@ -307,8 +317,10 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         max_failures=reader.integer("max_failures", 2, minimum=-1),
         checkpoints_to_keep=reader.integer("checkpoints_to_keep", 2, minimum=1),
         budget_epochs=reader.optional_integer("budget_epochs", minimum=1),
+        confirm=_confirm(reader),
     )
     _check_name(path, space.name)
+    _check_confirm(path, space)
     if space.scheduler.type == "asha" and space.scheduler.grace_period > space.max_epochs:
         raise ConfigError(f"{path}: `scheduler.grace_period` must not exceed the epochs a trial trains "
                           f"({space.max_epochs}), but got scheduler.grace_period={space.scheduler.grace_period}.")
@@ -372,6 +384,31 @@ def _scheduler(reader: _Reader) -> SchedulerSpec:
         raise ConfigError(f"{reader.path}: `scheduler.reduction_factor` must be greater than 1, but got "
                           f"scheduler.reduction_factor={spec.reduction_factor}.")
     return spec
+
+
+def _confirm(reader: _Reader) -> ConfirmSpec | None:
+    if reader.raw.get("confirm") is None:
+        return None
+    section = reader.section("confirm", ("top_k", "folds"))
+    folds = section.raw.get("folds", "all")
+    if folds != "all" and not (isinstance(folds, list) and folds
+                               and all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds)):
+        raise section._fail("folds", "must be all or a list of fold numbers")
+    return ConfirmSpec(top_k=section.integer("top_k", 3, minimum=1), folds=None if folds == "all" else tuple(folds))
+
+
+def _check_confirm(path: Path, space: SearchSpace) -> None:
+    spec = space.confirm
+    if spec is None:
+        return
+    if spec.top_k > space.num_samples:
+        raise ConfigError(f"{path}: `confirm.top_k` cannot exceed num_samples={space.num_samples}, but got "
+                          f"confirm.top_k={spec.top_k}.")
+    n_folds = space.base.data.n_folds
+    outside = [fold for fold in spec.folds or () if fold >= n_folds]
+    if outside:
+        raise ConfigError(f"{path}: `confirm.folds` must be folds of data.n_folds={n_folds} (0 to {n_folds - 1}), "
+                          f"but got confirm.folds={list(spec.folds or ())}.")
 
 
 def _searcher(reader: _Reader) -> SearcherSpec:

@@ -1,24 +1,24 @@
 """The final pick: the best finished trial of a search, exported as one verified model file.
 
-Which trial: among the children of the search (the latest search of ``--experiment``, or the
-search ``--run-id`` names) whose status is ``finished`` and that have a value of the search's
-objective, the first by :func:`motorsearch.tracking.schema.rank_key` — best objective
-(``best_<metric>`` by default; higher for mode max, lower for min); ties to the trial that
-reached it at the earlier epoch, then to the one that started first, then to the smaller run id.
-It is the top row of ``best`` and the best COMPLETE trial of the search's Optuna study. ``--run-id`` of a trial run
-exports that trial whatever its status.
+Which trial: when the search was confirmed across folds (``confirm``), the top of the confirmed
+ranking (mean objective over folds; :mod:`motorsearch.search.confirm`). Otherwise, among the
+children of the search (the latest search of ``--experiment``, or the search ``--run-id`` names)
+whose status is ``finished`` and that have a value of the search's objective, the first by
+:func:`motorsearch.tracking.schema.rank_key` — best objective (``best_<metric>`` by default;
+higher for mode max, lower for min); ties to the trial that reached it at the earlier epoch, then
+to the one that started first, then to the smaller run id. It is the top row of ``best`` and the
+best COMPLETE trial of the search's Optuna study. ``--run-id`` of a trial run exports that trial
+whatever its status.
 
 What is written: the trial's best-checkpoint model file (``checkpoints/best/model.pt``),
-checked against the sha256 recorded when it was uploaded, copied atomically to ``out``, with
-``out.sha256`` beside it and a final ``load_model_file(out)`` (which verifies that sidecar).
+checked against the sha256 recorded when it was uploaded, installed at ``out``
+(:func:`motorsearch.model_file.install_model_file`: an atomic copy, ``out.sha256`` beside it and a
+final load that verifies both).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,7 @@ from mlflow.tracking import MlflowClient
 from motorsearch.errors import InputError, ModelFileError
 from motorsearch.objective import Objective
 from motorsearch.tracking import schema
-from motorsearch.tracking.leaderboard import (
-    connect,
-    find_search,
-    finished_trials,
-    get_run,
-    leaderboard,
-    search_objective,
-    top_configs,
-)
+from motorsearch.tracking.leaderboard import connect, find_search, get_run, rank_search, search_objective, top_configs
 
 __all__ = ["CHAMPION", "Exported", "Pick", "export_best", "pick_trial", "register_model", "top_configs"]
 
@@ -54,6 +46,7 @@ class Pick:
     mode: str
     value: float
     status: str
+    ranking: str = ""  # how the trial was ranked first, e.g. "confirmed: mean best_val_f2 over 3 folds"
 
 
 @dataclass
@@ -83,19 +76,18 @@ def pick_trial(client: MlflowClient, *, experiment_name: str | None = None, run_
         search = run
     else:
         search = find_search(client, experiment_name)
-    objective = search_objective(search)
-    table = leaderboard(client, search)
-    finished = finished_trials(table, objective)
-    name = client.get_experiment(search.info.experiment_id).name
-    if finished.empty:
+    read = rank_search(client, search)
+    objective, table, ranked, ranking, name = read.objective, read.table, read.ranked, read.ranking, read.name
+    if ranked.empty:
         counts = table["status"].fillna("unknown").value_counts().to_dict()
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
         raise InputError(f"experiment {name!r} (search run {search.info.run_id}) has no finished trial with a "
                          f"value of {objective.value_key!r} to export ({seen}); export a given trial with --run-id.")
-    row = finished.iloc[0]
+    row = ranked.iloc[0]
+    metric = schema.confirmed_key(objective.value_key) if ranking.startswith("confirmed") else objective.value_key
     return Pick(run_id=str(row["run_id"]), trial_id=str(row["trial_id"]), experiment_name=name,
-                metric=objective.value_key, mode=objective.mode, value=float(row[objective.value_key]),
-                status=schema.FINISHED)
+                metric=metric, mode=objective.mode, value=float(row[metric]), status=str(row["status"]),
+                ranking=ranking)
 
 
 def export_best(out: str | Path, *, experiment_name: str | None = None, run_id: str | None = None,
@@ -105,40 +97,50 @@ def export_best(out: str | Path, *, experiment_name: str | None = None, run_id: 
     ``register``: also create a version of registered model ``register`` in the MLflow Model
     Registry from the trial's artifact and point the alias ``champion`` at it.
     """
-    from motorsearch.model_file import checksum_path, file_sha256, load_model_file, write_checksum
+    from motorsearch.model_file import file_sha256, install_model_file
 
-    out = Path(out)
-    if out.is_dir():
-        raise InputError(f"--out {out}: is a folder; give a file name such as best.pt.")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: the folder {out.parent} does not exist.")
+    out = check_out_path(out)
     client = connect(tracking_uri)
     pick = pick_trial(client, experiment_name=experiment_name, run_id=run_id)
-    expected = client.get_run(pick.run_id).data.tags.get(schema.BEST_MODEL_SHA256)
     with tempfile.TemporaryDirectory(prefix="motorsearch-export-") as tmp:
-        downloaded = _download_best(client, pick.run_id, Path(tmp))
+        downloaded = fetch_best_model(client, pick.run_id, Path(tmp))
         actual = file_sha256(downloaded)
-        if expected and actual != expected:
-            raise ModelFileError(f"run {pick.run_id}: artifact {schema.BEST_MODEL} has sha256={actual}, but "
-                                 f"sha256={expected} was recorded when it was logged; it was changed or damaged.")
-        load_model_file(downloaded)  # refuses foreign, truncated or mismatching (sidecar) files
-        staged = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            shutil.copyfile(downloaded, staged)
-            checksum_path(out).unlink(missing_ok=True)  # an old sidecar describes other bytes
-            os.replace(staged, out)
-        finally:
-            staged.unlink(missing_ok=True)
-    checksum = write_checksum(out)
-    load_model_file(out)
+        checksum = install_model_file(downloaded, out)
     exported = Exported(pick=pick, path=out, checksum=checksum, sha256=actual)
     if register:
         exported.registered_version = register_model(client, register, pick, sha256=actual)
     return exported
 
 
-def register_model(client: MlflowClient, name: str, pick: Pick, *, sha256: str) -> str:
-    """New version of registered model ``name`` from the trial's best model file; alias ``champion`` -> it."""
+def check_out_path(out: str | Path) -> Path:
+    """``--out`` as a Path: InputError for a folder or a file in a folder that does not exist."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder; give a file name such as best.pt.")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist.")
+    return out
+
+
+def fetch_best_model(client: MlflowClient, run_id: str, folder: Path) -> Path:
+    """Download a trial run's best model file into ``folder``, checked against the sha256 recorded
+    when it was uploaded and loaded once (a foreign, truncated or changed file is refused)."""
+    from motorsearch.model_file import file_sha256, load_model_file
+
+    expected = client.get_run(run_id).data.tags.get(schema.BEST_MODEL_SHA256)
+    downloaded = _download_best(client, run_id, folder)
+    actual = file_sha256(downloaded)
+    if expected and actual != expected:
+        raise ModelFileError(f"run {run_id}: artifact {schema.BEST_MODEL} has sha256={actual}, but "
+                             f"sha256={expected} was recorded when it was logged; it was changed or damaged.")
+    load_model_file(downloaded)
+    return downloaded
+
+
+def register_model(client: MlflowClient, name: str, pick: Pick, *, sha256: str,
+                   artifact: str = schema.BEST_MODEL) -> str:
+    """New version of registered model ``name`` from the model file ``artifact`` of run ``pick.run_id``
+    (a trial's best model by default); alias ``champion`` -> it."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -146,7 +148,7 @@ def register_model(client: MlflowClient, name: str, pick: Pick, *, sha256: str) 
     except MlflowException:
         client.create_registered_model(name, description="motorsearch flagellar-motor detector (model file: "
                                                          "model.pt, load with motorsearch.model_file)")
-    source = f"{client.get_run(pick.run_id).info.artifact_uri.rstrip('/')}/{Path(schema.BEST_MODEL).parent}"
+    source = f"{client.get_run(pick.run_id).info.artifact_uri.rstrip('/')}/{Path(artifact).parent}"
     version = client.create_model_version(
         name, source=source, run_id=pick.run_id,
         tags={"sha256": sha256, "metric": pick.metric, "value": repr(pick.value), "trial_id": pick.trial_id},

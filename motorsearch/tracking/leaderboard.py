@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,20 @@ def leaderboard(client: MlflowClient, search: Any) -> pd.DataFrame:
             experiment_names=[experiment.name],
             filter_string=f"tags.mlflow.parentRunId = '{search.info.run_id}'",
             order_by=schema.order_by(objective.value_key, objective.epoch_key, objective.mode))
+    if f"tags.{schema.ROLE}" in frame:  # the search's trials, not confirmations or refits
+        frame = frame[frame[f"tags.{schema.ROLE}"] == schema.ROLE_TRIAL].copy()
     value = objective.value_key
     columns = {"run_id": "run_id", f"tags.{schema.TRIAL_ID}": "trial_id", f"tags.{schema.STATUS}": "status",
                f"metrics.{value}": value, f"metrics.{objective.epoch_key}": objective.epoch_key,
                f"metrics.{schema.LAST_EPOCH}": schema.LAST_EPOCH}
+    confirmation = search.data.tags.get(schema.CONFIRMATION)
+    if confirmation and f"tags.{schema.CONFIRMATION}" in frame:  # only the search's latest confirmation counts
+        current = frame[f"tags.{schema.CONFIRMATION}"] == confirmation
+        for name in (schema.confirmed_key(value), schema.confirmed_key(value) + "_std", schema.CONFIRMED_FOLDS,
+                     schema.CONFIRMED_RANK):
+            if f"metrics.{name}" in frame:
+                frame[f"metrics.{name}"] = frame[f"metrics.{name}"].where(current)
+            columns[f"metrics.{name}"] = name
     table = pd.DataFrame({new: frame[old] if old in frame else pd.Series([math.nan] * len(frame), dtype=float)
                           for old, new in columns.items()})
     for column in sorted(c for c in frame.columns if c.startswith("params.")):
@@ -119,8 +130,27 @@ def leaderboard(client: MlflowClient, search: Any) -> pd.DataFrame:
 
 
 def param_columns(table: pd.DataFrame) -> list[str]:
-    """The sampled parameters' columns of a :func:`leaderboard` table (those after ``last_epoch``)."""
-    return list(table.columns[table.columns.get_loc(schema.LAST_EPOCH) + 1:])
+    """The sampled parameters' columns of a :func:`leaderboard` table."""
+    return [c for c in table.columns[table.columns.get_loc(schema.LAST_EPOCH) + 1:]
+            if not c.startswith(schema.CONFIRMED_PREFIX)]
+
+
+def confirmed_trials(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`leaderboard` that the search's latest confirmation ranked, in its order
+    (``confirmed_rank``; see :mod:`motorsearch.search.confirm`); empty without a confirmation."""
+    if schema.CONFIRMED_RANK not in table:
+        return table.iloc[0:0]
+    return table[table[schema.CONFIRMED_RANK].notna()].sort_values(schema.CONFIRMED_RANK, kind="stable")
+
+
+def export_ranking(table: pd.DataFrame, objective: Objective) -> tuple[pd.DataFrame, str]:
+    """The trials ``export`` picks from, best first, and how they are ranked: the confirmed ranking
+    when the search has one, else the finished trials by the search's objective."""
+    confirmed = confirmed_trials(table)
+    if len(confirmed):
+        folds = int(confirmed[schema.CONFIRMED_FOLDS].max())
+        return confirmed, f"confirmed: mean {objective.value_key} over {folds} folds"
+    return finished_trials(table, objective), f"{objective.value_key} on the search's validation fold"
 
 
 def search_objective(search: Any) -> Objective:
@@ -137,6 +167,46 @@ def search_objective(search: Any) -> Objective:
 def finished_trials(table: pd.DataFrame, objective: Objective) -> pd.DataFrame:
     """The rows of :func:`leaderboard` that ``export`` may pick, best first: finished, with a value."""
     return table[(table["status"] == schema.FINISHED) & table[objective.value_key].notna()]
+
+
+@dataclass
+class RankedSearch:
+    """A search read back for the final pick: its parent run, objective, experiment name, every trial
+    (:func:`leaderboard`) and those ``export`` picks from, best first, with how they are ranked
+    (:func:`export_ranking`)."""
+
+    search: Any
+    objective: Objective
+    name: str
+    table: pd.DataFrame
+    ranked: pd.DataFrame
+    ranking: str
+
+
+def rank_search(client: MlflowClient, search: Any) -> RankedSearch:
+    """The :class:`RankedSearch` of the search whose parent run is ``search``."""
+    objective = search_objective(search)
+    table = leaderboard(client, search)
+    ranked, ranking = export_ranking(table, objective)
+    return RankedSearch(search=search, objective=objective, name=client.get_experiment(search.info.experiment_id).name,
+                        table=table, ranked=ranked, ranking=ranking)
+
+
+def trial_config(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """The whole experiment config a trial run trained (its ``config.yaml`` artifact), as a nested dict.
+    InputError when the run has none that reads as one."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="motorsearch-config-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, schema.CONFIG_ARTIFACT, tmp)
+            config = yaml.safe_load(Path(path).read_text())
+        except Exception as exc:  # MLflow, I/O or YAML errors alike: the run cannot be trained again
+            raise InputError(f"trial run {run_id} has no readable {schema.CONFIG_ARTIFACT} artifact "
+                             f"({type(exc).__name__}); its configuration cannot be trained again.") from None
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        raise InputError(f"trial run {run_id}: {schema.CONFIG_ARTIFACT} is not an experiment config.")
+    return config
 
 
 def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 ROLE = "motorsearch.role"
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
+ROLE_CONFIRMATION = "confirmation"  # a top trial's configuration trained again on another fold (``confirm``)
+ROLE_REFIT = "refit"  # the chosen configuration trained on all labelled tomograms (``refit``)
 PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag; the UI draws the tree from it
 NOTE = "mlflow.note.content"  # MLflow's run description (markdown), shown on the run's page
 # Experiment tag: MLflow 3's UI opens an experiment without it in the GenAI (traces) view.
@@ -39,6 +41,11 @@ OPTUNA_TRIAL = "motorsearch.optuna_trial"  # the number of the trial in the sear
 PARAMS_JSON = "motorsearch.params_json"  # the sampled values with their types, for warm starts
 BEST_MODEL_SHA256 = "motorsearch.best_model_sha256"
 RESTARTS = "motorsearch.restarts"
+# confirmation runs (children of the search's parent run, role "confirmation")
+FOLD = "motorsearch.fold"  # the validation fold the run was scored on
+CANDIDATE = "motorsearch.candidate_run_id"  # the search trial whose configuration it trained
+# parent and the confirmed trials: which confirmation the confirmed_* metrics come from
+CONFIRMATION = "motorsearch.confirmation"
 ARTIFACT_ERROR = "motorsearch.artifact_error"
 
 # search statuses (parent)
@@ -51,11 +58,13 @@ TRIAL_RUNNING, FINISHED, EARLY_STOPPED, ERRORED, INTERRUPTED = (
 CONFIG_ARTIFACT = "config.yaml"
 BEST_MODEL = "checkpoints/best/model.pt"
 LAST_MODEL = "checkpoints/last/model.pt"
+REFIT_MODEL = "model/model.pt"  # a refit run's model file
 CURVES_PNG = "pictures/training_curves.png"
 VALIDATION_PNG = "pictures/validation.png"
 # parent artifacts
 SPACE_ARTIFACT_DIR = "space"
 LEADERBOARD_CSV = "leaderboard.csv"
+CONFIRMATION_CSV = "confirmation.csv"
 IMPORTANCE_PNG = "pictures/param_importance.png"
 
 # child summary metrics (logged once, when the trial ends): the objective (``Objective.value_key``,
@@ -97,3 +106,15 @@ def order_by(value_key: str, epoch_key: str, mode: str) -> list[str]:
     direction = "DESC" if mode == "max" else "ASC"
     return [f"metrics.`{value_key}` {direction}", f"metrics.`{epoch_key}` ASC",
             "attributes.start_time ASC", "attributes.run_id ASC"]
+
+
+# A confirmed trial's summary over all folds (its search fold and the confirmation's), logged on its
+# search child run: ``confirmed_<objective>`` (the mean, e.g. ``confirmed_best_val_f2``), its ``_std``,
+# the folds scored, and the trial's place in the confirmed ranking (1 = the pick).
+CONFIRMED_PREFIX = "confirmed_"
+CONFIRMED_FOLDS, CONFIRMED_RANK = "confirmed_folds", "confirmed_rank"
+
+
+def confirmed_key(value_key: str) -> str:
+    """The metric holding a confirmed trial's mean objective over folds: ``confirmed_best_val_f2``."""
+    return CONFIRMED_PREFIX + value_key

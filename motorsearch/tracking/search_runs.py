@@ -270,6 +270,16 @@ class SearchRun:
             client.delete_experiment(self.experiment_id)
 
 
+@dataclass(frozen=True)
+class TrialLabels:
+    """How a run that is not a search trial (a confirmation on another fold) shows in MLflow: its
+    parameters, the tags that set it apart (role, phase, fold) and its run name."""
+
+    params: Mapping[str, Any]
+    tags: Mapping[str, str]
+    name: str
+
+
 @dataclass
 class _Trial:
     """What the driver knows about one trial's child run."""
@@ -302,7 +312,8 @@ class TrialTracker(Callback):
                  max_epochs: int | None = None,
                  resolve_config: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                  validation_tomograms: Callable[[Any], Sequence[Any]] | None = None,
-                 validation_n: int = 3, background: bool = True, study: tuple[str, str] | None = None):
+                 validation_n: int = 3, background: bool = True, study: tuple[str, str] | None = None,
+                 labels: Callable[[dict[str, Any]], TrialLabels] | None = None):
         if max_epochs is not None and max_epochs < 1:
             raise ValueError(f"max_epochs must be at least 1, but got max_epochs={max_epochs}.")
         if validation_n < 1:
@@ -312,7 +323,7 @@ class TrialTracker(Callback):
         self.metric, self.mode = objective.metric, objective.mode
         self.resolve_config, self.validation_tomograms, self.validation_n = (
             resolve_config, validation_tomograms, validation_n)
-        self.background = background
+        self.background, self.labels = background, labels
         self._trials: dict[str, _Trial] = {}
         self._client: MlflowClient | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -393,7 +404,8 @@ class TrialTracker(Callback):
         record = self._trials.get(trial.trial_id)
         if record is not None:
             return record
-        params = dict(trial.evaluated_params or _flatten(trial.config))
+        labels = self.labels(dict(trial.config)) if self.labels is not None else None
+        params = dict(labels.params) if labels else dict(trial.evaluated_params or _flatten(trial.config))
         resolved = self._resolved_config(trial)
         target = self.max_epochs
         if target is None and isinstance(resolved.get("optim"), Mapping):
@@ -407,22 +419,30 @@ class TrialTracker(Callback):
             tags = {schema.PARENT: self.parent_run_id, schema.ROLE: schema.ROLE_TRIAL, schema.TRIAL_ID: trial.trial_id,
                     schema.STATUS: schema.TRIAL_RUNNING, schema.METRIC: self.metric, schema.MODE: self.mode,
                     schema.PARAMS_JSON: json.dumps(params, sort_keys=True, default=str)}
+            tags.update(labels.tags if labels else {})
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
             self.client.log_batch(run_id, params=[Param(str(k), _param_text(v)) for k, v in sorted(params.items())])
             self.client.log_text(run_id, yaml.safe_dump(_plain(resolved), sort_keys=False), schema.CONFIG_ARTIFACT)
-            number = None
-            if self.study is not None:
-                from motorsearch.search.study import link_run
-
-                number = link_run(*self.study, trial.trial_id, run_id)
-            if number is not None:
-                self.client.set_tag(run_id, schema.OPTUNA_TRIAL, str(number))
-            else:  # no study to ask: Tune's counter, the digits that end its trial id ("3ab1f_00002")
-                digits = trial.trial_id.rpartition("_")[2]
-                number = int(digits) if digits.isdigit() else None
-            self.client.update_run(run_id, name=trial_run_name(self._experiment_name(), number, params))
+            if labels is not None:
+                self.client.update_run(run_id, name=labels.name)
+            else:
+                self._name_trial_run(run_id, trial.trial_id, params)
         record = self._trials[trial.trial_id] = _Trial(run_id=run_id, target_epochs=target)
         return record
+
+    def _name_trial_run(self, run_id: str, trial_id: str, params: Mapping[str, Any]) -> None:
+        """Name a search trial's run by its Optuna trial number (linking the two) and its values."""
+        number = None
+        if self.study is not None:
+            from motorsearch.search.study import link_run
+
+            number = link_run(*self.study, trial_id, run_id)
+        if number is not None:
+            self.client.set_tag(run_id, schema.OPTUNA_TRIAL, str(number))
+        else:  # no study to ask: Tune's counter, the digits that end its trial id ("3ab1f_00002")
+            digits = trial_id.rpartition("_")[2]
+            number = int(digits) if digits.isdigit() else None
+        self.client.update_run(run_id, name=trial_run_name(self._experiment_name(), number, params))
 
     def _experiment_name(self) -> str:
         if self._search_name is None:
