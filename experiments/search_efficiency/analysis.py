@@ -43,8 +43,8 @@ def spent_epochs(reports: Iterable[dict[str, Any]]) -> int:
     return sum(reached.values())
 
 
-def budget_curve(reports: Iterable[dict[str, Any]], budget: int) -> list[float]:
-    """Best ``val_f2`` after 1..``budget`` trial-epochs of one search (see the module docstring)."""
+def budget_curve(reports: Iterable[dict[str, Any]], budget: int, *, key: str = "val_f2") -> list[float]:
+    """Best ``key`` (``val_f2``) after 1..``budget`` trial-epochs of one search (see the module docstring)."""
     curve = [math.nan] * budget
     reached: dict[str, int] = {}
     spent, best = 0, math.nan
@@ -54,7 +54,7 @@ def budget_curve(reports: Iterable[dict[str, Any]], budget: int) -> list[float]:
         reached[trial] = max(reached.get(trial, 0), epoch)
         if spent > budget:
             break
-        value = float(report["val_f2"])
+        value = float(report[key])
         best = value if math.isnan(best) else max(best, value)
         for b in range(spent, budget + 1):
             curve[b - 1] = best
@@ -77,14 +77,14 @@ def spread(values: Iterable[float]) -> tuple[float, float, float]:
     return statistics.median(kept), min(kept), max(kept)
 
 
-def curves_by_arm(reports: list[dict[str, Any]], budget: int) -> dict[str, dict[int, list[float]]]:
-    """arm -> seed -> budget curve."""
+def curves_by_arm(reports: list[dict[str, Any]], budget: int, *, key: str = "val_f2") -> dict[str, dict[int, list[float]]]:
+    """arm -> seed -> budget curve of ``key``."""
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for report in reports:
         grouped[(report["arm"], int(report["seed"]))].append(report)
     curves: dict[str, dict[int, list[float]]] = defaultdict(dict)
     for (arm, seed), rows in sorted(grouped.items()):
-        curves[arm][seed] = budget_curve(rows, budget)
+        curves[arm][seed] = budget_curve(rows, budget, key=key)
     return curves
 
 

@@ -97,19 +97,19 @@ def run_arm(arm: str, seed: int, *, budget: int, out: Path, space_file: Path = S
     return reports, row
 
 
-def trial_reports(results: Any, *, arm: str, seed: int) -> list[dict[str, Any]]:
-    """One row per reported epoch of every trial of a finished search (Tune's ResultGrid)."""
+def trial_reports(results: Any, *, arm: str, seed: int, key: str = "val_f2") -> list[dict[str, Any]]:
+    """One row per reported epoch of every trial of a finished search (Tune's ResultGrid): its ``key``."""
     rows = []
     for result in results:
         frame = result.metrics_dataframe
-        if frame is None or "val_f2" not in frame:
+        if frame is None or key not in frame:
             continue
         trial = Path(str(result.path)).name.removeprefix("trial_")
         for _, line in frame.iterrows():
-            if math.isnan(float(line["val_f2"])):
+            if math.isnan(float(line[key])):
                 continue
             rows.append({"arm": arm, "seed": seed, "trial": trial, "epoch": int(line["epoch"]),
-                         "val_f2": float(line["val_f2"]), "reported_at": float(line["reported_at"])})
+                         key: float(line[key]), "reported_at": float(line["reported_at"])})
     rows.sort(key=lambda r: r["reported_at"])
     return rows
 
@@ -123,12 +123,12 @@ def exported_trial(leaderboard: list[Any]) -> Any:
     return next((row for row in ranked if row.status == schema.FINISHED), ranked[0])
 
 
-def test_score(model: Path, data: Any, submission: Path) -> Any:
+def test_score(model: Path, data: Any, submission: Path, *, spacing_given: bool = True) -> Any:
     """Competition F2 of ``model`` on the simulator's held-out test split (via ``motorsearch predict``).
 
-    The Kaggle test layout gives no voxel spacing, so ``--labels test_solution.csv`` supplies each
-    tomogram's (as the competition's own metadata would); without it every tomogram would be read
-    at the model's spacing.
+    The Kaggle test layout gives no voxel spacing. With ``spacing_given`` (the first run),
+    ``--labels test_solution.csv`` supplies each tomogram's, as the competition's own metadata
+    would; without it (the second run, as the test is posed) the model's test-time policy decides.
     """
     from motorsearch.cli import main as cli
     from motorsearch.data.sources import synthetic_root
@@ -139,7 +139,7 @@ def test_score(model: Path, data: Any, submission: Path) -> Any:
     submission.parent.mkdir(parents=True, exist_ok=True)
     with redirect_stdout(io.StringIO()):
         code = cli(["predict", "--model", str(model), "--data", str(root / "test"), "--out", str(submission),
-                    "--labels", str(solution)])
+                    *(["--labels", str(solution)] if spacing_given else [])])
     if code != 0:
         raise RuntimeError(f"predict failed with exit code {code} for {model}")
     return score_submission_csv(solution, submission)
