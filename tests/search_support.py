@@ -20,6 +20,12 @@ TINY_OVERRIDES = {
     "validation.window_batch_size": 4,
     "validation.overlap": 0.25,
 }
+# Two sampled values, one continuous and one categorical: the parameters of the searches that
+# check how trials are tracked (Optuna, MLflow, resumes).
+LR_AND_LOSS = {
+    "optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True},
+    "loss.name": {"type": "categorical", "choices": ["weighted_bce", "focal"]},
+}
 
 
 def tiny_dataset(root: Path) -> Path:

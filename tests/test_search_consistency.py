@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from search_support import tiny_dataset, write_space
+from search_support import LR_AND_LOSS, tiny_dataset, write_space
 
 from motorsearch.cli.run import tracked_search
 from motorsearch.model_file import load_model_file
@@ -35,10 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 State = optuna.trial.TrialState
 pytestmark = pytest.mark.usefixtures("ray_for_the_module")
 OPTUNA_STATE = {schema.FINISHED: State.COMPLETE, schema.EARLY_STOPPED: State.PRUNED, schema.ERRORED: State.FAIL}
-PARAMETERS = {
-    "optim.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True},
-    "loss.name": {"type": "categorical", "choices": ["weighted_bce", "focal"]},
-}
+PARAMETERS = LR_AND_LOSS
 
 
 @pytest.fixture(scope="module")
