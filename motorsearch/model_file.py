@@ -26,7 +26,7 @@ A model file is ``torch.save`` of a dict of plain Python values and tensors, so 
     config            the whole experiment config as a plain dict
     extra             anything else the caller added (plain values)
 
-Files are written atomically (temporary name in the same folder, then ``os.replace``).
+Files are written atomically (:mod:`motorsearch.atomic`).
 ``write_checksum`` adds ``<file>.sha256`` in ``sha256sum`` format (the digest of the file's bytes,
 for ``sha256sum -c`` and MLflow); ``load_model_file`` checks it whenever it exists, and always
 checks the ``sha256`` inside.
@@ -37,9 +37,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import re
-import uuid
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from typing import Any
 import torch
 
 from motorsearch import __version__
+from motorsearch.atomic import replacing, write_text
 from motorsearch.config import ExperimentConfig, from_dict
 from motorsearch.errors import ModelFileError
 
@@ -205,14 +205,9 @@ def write_model_payload(path: str | Path, payload: dict[str, Any]) -> Path:
     A ``<path>.sha256`` left from an earlier file of that name is removed (it describes other bytes).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with replacing(path) as tmp:
         torch.save(seal(payload), tmp)
         checksum_path(path).unlink(missing_ok=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -231,17 +226,11 @@ def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def install_model_file(source: str | Path, out: str | Path) -> Path:
     """Copy the model file ``source`` to ``out`` atomically, write ``out.sha256`` and load ``out`` once
     (which checks both); returns the sidecar's path. ``source`` is checked first."""
-    import shutil
-
     out = Path(out)
     load_model_file(source)
-    staged = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        shutil.copyfile(source, staged)
+    with replacing(out) as tmp:
+        shutil.copyfile(source, tmp)
         checksum_path(out).unlink(missing_ok=True)  # an old sidecar describes other bytes
-        os.replace(staged, out)
-    finally:
-        staged.unlink(missing_ok=True)
     sidecar = write_checksum(out)
     load_model_file(out)
     return sidecar
@@ -264,11 +253,7 @@ def file_sha256(path: str | Path) -> str:
 def write_checksum(path: str | Path) -> Path:
     """Write ``<path>.sha256`` (``<hex digest>  <file name>``, as ``sha256sum`` does); returns its path."""
     path = Path(path)
-    target = checksum_path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(f"{file_sha256(path)}  {path.name}\n")
-    os.replace(tmp, target)
-    return target
+    return write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
 
 
 def verify_checksum(path: str | Path) -> bool:

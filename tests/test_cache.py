@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from motorsearch.atomic import temporary_name
 from motorsearch.data import preprocess
 from motorsearch.data.cache import cache_bytes_per_voxel, cache_key, load_cache, prepare_records
 from motorsearch.data.source import TomogramRecord
@@ -229,7 +230,7 @@ def test_wrong_volume_shape_is_a_data_error(tmp_path):
 
 def test_stale_temporary_folder_is_removed(tmp_path):
     key = cache_key(IDENTITY, spacing=16.0, assume_spacing=None)
-    stale = tmp_path / f"{key}.tmp-999999"
+    stale = temporary_name(tmp_path / key)  # as a killed builder left it
     (stale / "volumes").mkdir(parents=True)
     cache = build(tmp_path)
     assert leftovers(tmp_path) == [cache.key]

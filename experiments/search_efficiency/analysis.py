@@ -12,15 +12,14 @@ from __future__ import annotations
 import csv
 import datetime
 import math
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine, write_text
+from benchmarks.report import machine
+from motorsearch.atomic import replacing, write_text
 
 ARM_LABELS = {"defaults": "research defaults", "random": "random search", "tpe": "TPE", "tpe_asha": "TPE + ASHA"}
 ARM_COLOURS = {"defaults": "#7f7f7f", "random": "#1f77b4", "tpe": "#ff7f0e", "tpe_asha": "#2ca02c"}
@@ -155,10 +154,9 @@ def plot(path: Path, curves: dict[str, dict[int, list[float]]], outcomes: list[d
     right.set_title("test F2 (dots: seeds, bar: median)")
     right.grid(alpha=0.3, axis="y")
     figure.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as handle:
-        figure.savefig(handle, dpi=110)
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
-    os.replace(handle.name, path)
 
 
 def report(outcomes: list[dict[str, Any]], curves: dict[str, dict[int, list[float]]], *, command: str) -> str:

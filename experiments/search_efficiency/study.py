@@ -38,8 +38,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import write_text
 from experiments.search_efficiency import analysis
+from motorsearch.atomic import write_text
 from motorsearch.tracking import schema
 
 HERE = Path(__file__).resolve().parent

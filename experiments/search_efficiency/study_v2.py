@@ -40,9 +40,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import write_text
 from experiments.search_efficiency import analysis
 from experiments.search_efficiency.study import append_rows, arm_space, exported_trial, test_score, trial_reports
+from motorsearch.atomic import write_text
 
 HERE = Path(__file__).resolve().parent
 SPACE = HERE / "space_v2.yaml"

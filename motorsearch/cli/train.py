@@ -9,10 +9,7 @@ Checkpoints go to ``--workdir`` (default ``<out without suffix>.work/`` beside `
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 from motorsearch.cli import add_overrides
@@ -53,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from motorsearch.data.cache import prepare
-    from motorsearch.model_file import write_checksum
+    from motorsearch.model_file import install_model_file
+    from motorsearch.training.checkpoint import MODEL_FILE
     from motorsearch.training.trainer import fit
 
     if args.threads is not None:
@@ -70,16 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = fit(cfg, workdir=workdir, report=report, resume_from=resume, cache=cache, device=args.device,
                  progress=True)
-    source = (result.best_checkpoint or result.last_checkpoint) / "model.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        shutil.copyfile(source, tmp)
-        out.with_name(f"{out.name}.sha256").unlink(missing_ok=True)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    write_checksum(out)
+    install_model_file((result.best_checkpoint or result.last_checkpoint) / MODEL_FILE, out)
     best = result.best_metrics
     minutes = (time.perf_counter() - started) / 60
     print(f"best epoch {result.best_epoch}: val_f2={best.get('val_f2', float('nan')):.4f} "

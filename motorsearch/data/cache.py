@@ -19,8 +19,8 @@ spacing, the assumed spacing and ``CACHE_VERSION``. Folds are not part of it: th
 deterministic function of (ids, has-motor, ``n_folds``, ``split_seed``) computed on every load, so
 a search over split seeds or fold counts shares one set of voxels.
 
-Concurrency: builders take ``<key>.lock`` (``filelock``), build into ``<key>.tmp-<pid>`` and
-``os.replace`` it to ``<key>``; whoever gets the lock second finds the manifest and only loads.
+Concurrency: builders take ``<key>.lock`` (``filelock``), build into a temporary folder beside it
+and rename it to ``<key>`` (:func:`motorsearch.atomic.replacing`); whoever gets the lock second finds the manifest and only loads.
 Any failure (a corrupt tomogram, a crash) removes the temporary folder: no partial cache ever
 carries the final name, and a stale temporary folder left by a killed process is removed by the
 next builder.
@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from motorsearch.atomic import TEMPORARY_MARK, replacing, write_text
 from motorsearch.config import DataConfig
 from motorsearch.data import preprocess
 from motorsearch.data.folds import assign_folds
@@ -256,12 +257,11 @@ def _build(records: Sequence[TomogramRecord], final: Path, *, key: str, identity
     started = time.time()
     records = sorted(records, key=lambda r: r.tomo_id)
     _check_records(records, assume_spacing)
-    for stale in final.parent.glob(f"{key}.tmp-*"):  # left by a killed builder; we hold the lock
+    for stale in final.parent.glob(f".{key}{TEMPORARY_MARK}*"):  # left by a killed builder; we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
     if final.exists():  # a folder without manifest is not a cache (never made by us)
         shutil.rmtree(final)
-    tmp = final.parent / f"{key}.tmp-{os.getpid()}"
-    try:
+    with replacing(final) as tmp:
         (tmp / "volumes").mkdir(parents=True)
         convert = _convert_in_pool if workers > 1 and len(records) > 1 else _convert_here
         rows: list[dict[str, Any]] = [{}] * len(records)
@@ -283,11 +283,7 @@ def _build(records: Sequence[TomogramRecord], final: Path, *, key: str, identity
             "build_id": uuid.uuid4().hex, "builder_pid": os.getpid(),
             "build_seconds": round(time.time() - started, 3),
         }
-        _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
 
 
 def _convert_here(records: Sequence[TomogramRecord], tmp: Path, *, spacing: float | None,
@@ -410,12 +406,11 @@ def _tomogram_from_row(row: dict[str, str], root: Path) -> CachedTomogram:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def _write_folds(path: Path, folds: dict[str, int]) -> None:
@@ -426,12 +421,7 @@ def _write_folds(path: Path, folds: dict[str, int]) -> None:
     writer.writerow(["tomo_id", "fold"])
     writer.writerows(sorted(folds.items()))
     try:
-        _write_text(path, text.getvalue())
+        write_text(path, text.getvalue())
     except OSError:  # a read-only shared cache still loads; the file is only for people to read
         pass
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

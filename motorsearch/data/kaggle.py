@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from motorsearch.atomic import write_text
 from motorsearch.data.source import TomogramRecord
 from motorsearch.errors import DataError
 
@@ -323,35 +324,31 @@ def _positive_int(row: Mapping[str, str | None], column: str, where: str) -> int
 def write_labels_csv(path: Path | str, labels: Mapping[str, TomogramLabels]) -> None:
     """Write ``labels`` as a Kaggle labels CSV (columns :data:`LABEL_COLUMNS`, ``-1`` rows for none).
 
-    Written to a temporary name beside ``path`` and renamed, so a reader never sees half a file.
+    Written atomically (:mod:`motorsearch.atomic`): a reader never sees half a file.
     """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(LABEL_COLUMNS)
-        row_id = 0
-        for tomo_id, entry in labels.items():
-            points = entry.motors if len(entry.motors) else np.full((1, 3), -1.0)
-            for point in points:
-                writer.writerow([
-                    row_id, tomo_id, *(_format(v) for v in point), *entry.shape,
-                    _format(entry.spacing), len(entry.motors),
-                ])
-                row_id += 1
-    os.replace(temporary, path)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(LABEL_COLUMNS)
+    row_id = 0
+    for tomo_id, entry in labels.items():
+        points = entry.motors if len(entry.motors) else np.full((1, 3), -1.0)
+        for point in points:
+            writer.writerow([
+                row_id, tomo_id, *(_format(v) for v in point), *entry.shape,
+                _format(entry.spacing), len(entry.motors),
+            ])
+            row_id += 1
+    write_text(path, text.getvalue())
 
 
 def write_submission_csv(path: Path | str, predictions: Mapping[str, Sequence[float] | None]) -> None:
     """Write a submission (columns :data:`SUBMISSION_COLUMNS`); None means no motor (``-1,-1,-1``)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(SUBMISSION_COLUMNS)
-        for tomo_id, point in predictions.items():
-            writer.writerow([tomo_id, *(_format(v) for v in (point if point is not None else (-1, -1, -1)))])
-    os.replace(temporary, path)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(SUBMISSION_COLUMNS)
+    for tomo_id, point in predictions.items():
+        writer.writerow([tomo_id, *(_format(v) for v in (point if point is not None else (-1, -1, -1)))])
+    write_text(path, text.getvalue())
 
 
 def _format(value: float) -> str:

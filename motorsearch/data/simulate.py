@@ -19,14 +19,12 @@ place, so ``out`` either does not exist or is complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from motorsearch.atomic import replacing
 from motorsearch.data.kaggle import TomogramLabels, write_labels_csv, write_submission_csv
 from motorsearch.data.phantom import simulate_tomogram
 from motorsearch.errors import ConfigError, InputError
@@ -66,9 +64,8 @@ def simulate_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
 
     train_ids, test_ids = _tomo_ids(seed, n_train, n_test)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    work.chmod(0o755)  # mkdtemp makes 0700; a shared dataset must be readable by every user
-    try:
+    with replacing(out) as work:  # an empty ``out`` (checked above) is replaced
+        work.mkdir()
         plan = {"train": (train_ids, _train_counts(seed, n_train)), "test": (test_ids, _test_counts(seed, n_test))}
         labels: dict[str, dict[str, TomogramLabels]] = {}
         for split_index, (split, (ids, counts)) in enumerate(plan.items()):
@@ -85,10 +82,6 @@ def simulate_dataset(
         parameters = {"n_train": n_train, "n_test": n_test, "seed": seed, "difficulty": difficulty,
                       "scale": scale, "simulator_version": SIMULATOR_VERSION}
         (work / "simulation.json").write_text(json.dumps(parameters, indent=2) + "\n")
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out
 
 

@@ -63,6 +63,7 @@ def refit(out: str | Path, *, experiment_name: str | None = None, tracking_uri: 
     from motorsearch.tracking import schema
     from motorsearch.tracking.export import Pick, check_out_path, fetch_best_model, register_model
     from motorsearch.tracking.leaderboard import connect, find_search, rank_search, trial_config
+    from motorsearch.training.checkpoint import MODEL_FILE
     from motorsearch.training.trainer import fit
 
     if epochs is not None and epochs < 1:
@@ -106,14 +107,14 @@ def refit(out: str | Path, *, experiment_name: str | None = None, tracking_uri: 
 
             result = fit(cfg, workdir=Path(tmp) / "fit", report=report, device=device, progress=progress,
                          train_on_all=True)
-            payload = torch.load(result.last_checkpoint / "model.pt", map_location="cpu", weights_only=True)
+            payload = torch.load(result.last_checkpoint / MODEL_FILE, map_location="cpu", weights_only=True)
             metrics = {"oof_f2": oof.f2, "oof_threshold": oof.threshold, "oof_quantile": oof.quantile,
                        "epochs": float(chosen)}
             payload.update(threshold=oof.threshold, quantile=oof.quantile or None, metrics=metrics,
                            extra={"epoch": chosen, "refit_of": str(pick["run_id"]), "experiment": name,
                                   "ranking": ranking, "oof_folds": oof.folds,
                                   "trained_on": sorted(result.train_ids)})
-            staged = write_model_payload(Path(tmp) / "model.pt", payload)
+            staged = write_model_payload(Path(tmp) / MODEL_FILE, payload)
             sha256 = file_sha256(staged)
             client.log_artifact(run_id, str(staged), str(Path(schema.REFIT_MODEL).parent))
             client.log_batch(run_id, metrics=[Metric(k, v if math.isfinite(v) else 1.0, 0, chosen)

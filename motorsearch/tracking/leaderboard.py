@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -336,6 +335,8 @@ def param_importance_png(study: Any, path: Path) -> Path | None:
     import optuna
     from matplotlib.figure import Figure
 
+    from motorsearch.tracking.pictures import save_png
+
     try:
         importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError):  # e.g. too few trials or no varying parameter
@@ -348,10 +349,7 @@ def param_importance_png(study: Any, path: Path) -> Path | None:
     axis.barh(names, [importances[n] for n in names], color="tab:blue")
     axis.set_xlabel("importance (Optuna, default evaluator)")
     axis.set_title(f"parameter importance over {len(_complete_trials(study))} trials")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
 
 
 def _infer_distributions(samples: list[dict[str, Any]]) -> dict[str, Any]:

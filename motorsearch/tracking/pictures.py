@@ -7,7 +7,6 @@ needed and safe from the tracker's background thread) and write the PNG atomical
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from motorsearch.atomic import replacing
 from motorsearch.data.preprocess import normalize
 
 PANELS = ("losses", "validation", "learning rate")
@@ -54,7 +54,7 @@ def training_curves_png(history: Sequence[Mapping[str, Any]], path: str | Path, 
                 axis.set_yscale("log")
         else:
             axis.text(0.5, 0.5, "nothing reported", ha="center", va="center", transform=axis.transAxes)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def validation_png(model_file: str | Path, tomograms: Sequence[Any], path: str | Path, *, n: int = 3,
@@ -107,7 +107,7 @@ def validation_png(model_file: str | Path, tomograms: Sequence[Any], path: str |
         verdict = "motor" if predicted is not None and score >= threshold else "no motor"
         _draw_slice(row[1], volume, predicted, truth, predicted,
                     f"predicted peak p={score:.2f} (threshold {threshold:.2f}: {verdict})")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _curves(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[list, list]]]:
@@ -158,13 +158,9 @@ def _alpha(marker_z: float, slice_z: int) -> float:
     return 1.0 if abs(float(marker_z) - slice_z) <= _NEAR_SLICE else 0.35
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically (100 dpi); returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -69,6 +69,7 @@ from motorsearch.objective import Objective, is_better
 from motorsearch.tracking import schema
 from motorsearch.tracking.drivers import settle_dead_searches, this_driver
 from motorsearch.tracking.uri import check_tracking_uri, describe_origin, resolve_tracking_uri, sqlite_path
+from motorsearch.training.checkpoint import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ _RAY_KEYS = frozenset({
 })
 _MLFLOW_RUN_STATUS = {schema.FINISHED: "FINISHED", schema.EARLY_STOPPED: "FINISHED",
                       schema.ERRORED: "FAILED", schema.INTERRUPTED: "KILLED"}
-MODEL_FILE = "model.pt"  # the model file inside a trainer checkpoint folder
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database file by default
 
 

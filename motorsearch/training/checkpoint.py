@@ -15,10 +15,7 @@ A folder is written under a temporary name and renamed into place, so a folder n
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from motorsearch.atomic import replacing
 from motorsearch.errors import InputError
 
 STATE_FILE = "state.pt"
@@ -79,17 +77,10 @@ def write_checkpoint(folder: Path, state: dict[str, Any], write_model: Callable[
     An existing ``folder`` (from an earlier run in the same workdir) is replaced.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with replacing(folder) as tmp:
         tmp.mkdir()
         torch.save({"version": STATE_VERSION, **state}, tmp / STATE_FILE)
         write_model(tmp / MODEL_FILE)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -27,7 +27,6 @@ checkpoint of epoch k ends with the same weights as the uninterrupted run.
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from motorsearch.atomic import copy_folder
 from motorsearch.config import ExperimentConfig, from_dict
 from motorsearch.errors import DataError, TrainingDiverged
 from motorsearch.objective import Objective, is_better
@@ -404,11 +404,6 @@ class _BestTracker:
             folder = place / name
             if (folder / MODEL_FILE).is_file():
                 if folder.resolve() != (into / name).resolve():
-                    into.mkdir(parents=True, exist_ok=True)
-                    tmp = into / f".{name}.tmp-{os.getpid()}"
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    shutil.copytree(folder, tmp)
-                    shutil.rmtree(into / name, ignore_errors=True)
-                    os.replace(tmp, into / name)
+                    copy_folder(folder, into / name)
                 self.folder = into / name
                 return
