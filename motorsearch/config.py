@@ -33,6 +33,11 @@ class FieldError(ValueError):
         self.name, self.rule, self.value = name, rule, value
 
 
+def _one_of(values: tuple[str, ...]) -> str:
+    """``("a", "b", "c")`` -> ``"a, b or c"``, as the rules of :func:`require` say it."""
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
 def require(condition: bool, name: str, rule: str, value: Any) -> None:
     """Raise FieldError(name, rule, value) unless ``condition``; ``rule`` reads "must be positive"."""
     if not condition:
@@ -52,6 +57,10 @@ class SyntheticConfig:
         require(self.n_train >= 2, "n_train", "must be at least 2", self.n_train)
         require(self.n_test >= 0, "n_test", "cannot be negative", self.n_test)
         require(self.difficulty >= 0, "difficulty", "cannot be negative", self.difficulty)
+
+
+DATA_FORMATS = ("kaggle", "mrc", "zarr")  # data.format (also prepare/predict --format)
+NORMALIZATIONS = ("fixed", "zscore")  # data.normalization
 
 
 @dataclass
@@ -79,12 +88,13 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self) -> None:
-        require(self.format in ("kaggle", "mrc", "zarr"), "format", "must be kaggle, mrc or zarr", self.format)
+        require(self.format in DATA_FORMATS, "format", f"must be {_one_of(DATA_FORMATS)}", self.format)
         require(self.labels_unit in ("voxel", "angstrom"), "labels_unit", "must be voxel or angstrom", self.labels_unit)
         require(self.spacing is None or self.spacing > 0, "spacing", "must be positive", self.spacing)
         require(self.source_spacing is None or self.source_spacing > 0, "source_spacing", "must be positive",
                 self.source_spacing)
-        require(self.normalization in ("fixed", "zscore"), "normalization", "must be fixed or zscore", self.normalization)
+        require(self.normalization in NORMALIZATIONS, "normalization", f"must be {_one_of(NORMALIZATIONS)}",
+                self.normalization)
         require(self.n_folds >= 2, "n_folds", "must be at least 2", self.n_folds)
         require(0 <= self.fold < self.n_folds, "fold", f"must be in [0, n_folds={self.n_folds})", self.fold)
 
@@ -190,6 +200,9 @@ class LossConfig:
         require(self.beta >= 0, "beta", "cannot be negative", self.beta)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # optim.precision
+
+
 @dataclass
 class OptimConfig:
     """AdamW with warm-up + cosine decay, accumulation, clipping and mixed precision.
@@ -218,8 +231,7 @@ class OptimConfig:
         require(0 <= self.min_lr_fraction <= 1, "min_lr_fraction", "must be in [0, 1]", self.min_lr_fraction)
         require(self.batches_per_step >= 1, "batches_per_step", "must be at least 1", self.batches_per_step)
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be positive or null", self.grad_clip)
-        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
-                "must be auto, fp32, bf16 or fp16", self.precision)
+        require(self.precision in PRECISIONS, "precision", f"must be {_one_of(PRECISIONS)}", self.precision)
 
 
 @dataclass
@@ -386,6 +398,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         set_dotted(raw, key, value)
 
 
+def yaml_number(value: Any) -> Any:
+    """``value``, except that a string YAML 1.1 did not read as a number but ``float`` does ("1e-3",
+    with no dot) becomes that float."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def get_dotted(raw: dict[str, Any], dotted: str) -> Any:
+    """``raw[a][b][c]`` for ``dotted == "a.b.c"``; None when a section or the key is missing."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``raw[a][b][c] = value`` for ``dotted == "a.b.c"``, creating sections as needed."""
     *parents, leaf = dotted.split(".")
@@ -453,11 +486,9 @@ def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        value = yaml_number(value)
+        if isinstance(value, float):
+            return value
     elif annotation is str:
         if isinstance(value, str):
             return value

@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motorsearch.config import TestTimeConfig, from_dict
+from motorsearch.config import DATA_FORMATS, NORMALIZATIONS, TestTimeConfig, from_dict
 from motorsearch.data import preprocess
 from motorsearch.data.source import TomogramRecord
 from motorsearch.errors import ConfigError, DataError, ModelFileError
 from motorsearch.model_file import LoadedModel
 
-FORMATS = ("kaggle", "mrc", "zarr")
 NO_SPACING = "does not give a voxel spacing"  # volumes.read_volume_folder's message for a header without one
 
 
@@ -87,7 +86,7 @@ class Predictor:
             error = ConfigError if patch_size is not None else ModelFileError
             raise error(f"{what} must be 3 multiples of the model's stride={self.stride} (each at least "
                         f"{self.stride} voxels), but got patch_size={list(self.patch_size)}.")
-        if self.normalization not in preprocess.NORMALIZATIONS:
+        if self.normalization not in NORMALIZATIONS:
             raise ModelFileError(f"{loaded.path}: unknown normalization={self.normalization!r}.")
 
     def heatmap(self, volume: np.ndarray, *, spacing: float) -> tuple[np.ndarray, tuple[int, int, int], float]:
@@ -201,8 +200,8 @@ def read_tomograms(folder: str | Path, *, fmt: str | None = None) -> tuple[list[
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder.")
     fmt = fmt or detect_format(folder)
-    if fmt not in FORMATS:
-        raise ConfigError(f"`format` must be one of {', '.join(FORMATS)}, but got format={fmt!r}.")
+    if fmt not in DATA_FORMATS:
+        raise ConfigError(f"`format` must be one of {', '.join(DATA_FORMATS)}, but got format={fmt!r}.")
     if fmt == "kaggle":
         from motorsearch.data.kaggle import read_kaggle
 

@@ -25,13 +25,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from motorsearch.config import SPACING_POLICIES, THRESHOLD_STRATEGIES, TTA_SIZES
+from motorsearch.config import DATA_FORMATS, SPACING_POLICIES, THRESHOLD_STRATEGIES, TTA_SIZES
 
 if TYPE_CHECKING:
     from motorsearch.config import TestTimeConfig
     from motorsearch.model_file import LoadedModel
 
-FORMATS = ("kaggle", "mrc", "zarr")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="a Kaggle split folder (<root>/test) or a folder of MRC / zarr volumes")
     parser.add_argument("--out", required=True, metavar="submission.csv", help="where to write the submission")
-    parser.add_argument("--format", choices=FORMATS, help="layout of --data (default: detected)")
+    parser.add_argument("--format", choices=DATA_FORMATS, help="layout of --data (default: detected)")
     parser.add_argument("--spacing", type=float, metavar="A",
                         help="Å per voxel for tomograms whose data gives none (default: the model's test-time "
                              "policy, e.g. its training spacing)")

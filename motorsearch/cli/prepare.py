@@ -10,6 +10,7 @@ import math
 import os
 
 from motorsearch.cli import add_overrides
+from motorsearch.config import DATA_FORMATS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", metavar="EXPERIMENT.yaml", help="experiment config to read data.* from")
     parser.add_argument("--data", metavar="ROOT", help="dataset folder (data.root)")
-    parser.add_argument("--format", choices=("kaggle", "mrc", "zarr"), help="dataset layout (data.format)")
+    parser.add_argument("--format", choices=DATA_FORMATS, help="dataset layout (data.format)")
     parser.add_argument("--labels", metavar="CSV", help="motor coordinates CSV (data.labels)")
     parser.add_argument("--spacing", metavar="A",
                         help="resample to this many Å per voxel, or 'native' to keep each grid (data.spacing)")

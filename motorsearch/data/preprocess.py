@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from motorsearch.config import NORMALIZATIONS
+
 FIXED_MEAN = 0.48
 FIXED_STD = 0.225
-NORMALIZATIONS = ("fixed", "zscore")
 
 
 def resample_factor(spacing: float, target_spacing: float | None) -> float:

@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from motorsearch.config import AugmentConfig, SamplingConfig, TargetConfig
+from motorsearch.config import NORMALIZATIONS, AugmentConfig, SamplingConfig, TargetConfig
 from motorsearch.data import preprocess
 from motorsearch.data.augment import Augmentation, draw_augmentation
 from motorsearch.data.cache import CachedTomogram
@@ -86,8 +86,8 @@ class PatchDataset(Dataset):
         patch_size = tuple(int(p) for p in sampling.patch_size)
         if len(patch_size) != 3 or any(p < stride or p % stride for p in patch_size):
             raise ValueError(f"`patch_size` must be 3 multiples of stride={stride}, but got patch_size={patch_size}.")
-        if normalization not in preprocess.NORMALIZATIONS:
-            raise ValueError(f"`normalization` must be one of {', '.join(preprocess.NORMALIZATIONS)}, "
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"`normalization` must be one of {', '.join(NORMALIZATIONS)}, "
                              f"but got normalization={normalization!r}.")
         if seed < 0:
             raise ValueError(f"`seed` cannot be negative, but got seed={seed}.")

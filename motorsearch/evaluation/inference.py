@@ -36,7 +36,8 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
-from motorsearch.training.device import PRECISIONS, autocast_dtype, resolve_precision
+from motorsearch.config import PRECISIONS
+from motorsearch.training.device import autocast_dtype, resolve_precision
 
 _TTA_FLIPS = {1: [()], 4: [()], 8: [(), (0,)], 16: [(), (0,), (1,), (0, 1)]}
 

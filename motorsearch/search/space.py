@@ -36,8 +36,10 @@ from motorsearch.config import (
     check_path,
     field_paths,
     from_dict,
+    get_dotted,
     read_yaml,
     set_dotted,
+    yaml_number,
 )
 from motorsearch.errors import ConfigError
 from motorsearch.objective import MODES, OBJECTIVES, Objective
@@ -200,7 +202,7 @@ class DefineByRun:
 
     def __init__(self, parameters: Sequence[Parameter], base: dict[str, Any]):
         self.parameters = order_parameters(parameters)
-        self.base_values = {path: _get(base, path) for p in parameters for path, _ in p.when}
+        self.base_values = {path: get_dotted(base, path) for p in parameters for path, _ in p.when}
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         values = dict(self.base_values)
@@ -286,10 +288,10 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     if scheduler.max_epochs is not None:
         set_dotted(base_raw, "optim.epochs", scheduler.max_epochs)
     for key in _DATA_PATHS:
-        value = _get(base_raw, key)
+        value = get_dotted(base_raw, key)
         if isinstance(value, str) and "://" not in value:
             set_dotted(base_raw, key, str(Path(value).expanduser().resolve()))
-    if _get(base_raw, "data.cache_dir") is None:
+    if get_dotted(base_raw, "data.cache_dir") is None:
         set_dotted(base_raw, "data.cache_dir", str(Path(ExperimentConfig().data.cache_dir).resolve()))
     source = f"{path} (experiment {experiment or 'defaults'} with overrides)"
     base = from_dict(base_raw, source=source)
@@ -528,12 +530,7 @@ def _parameter(path: Path, key: str, dotted: str, spec: Any, annotation: Any) ->
 
 
 def _bound(path: Path, key: str, spec: dict, name: str, kind: str) -> float:
-    value = spec.get(name)
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    value = yaml_number(spec.get(name))
     if kind == "int":
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -596,15 +593,6 @@ def _scalar_types(annotation: Any) -> set[type]:
 
 def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _get(raw: dict[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 class _Reader:

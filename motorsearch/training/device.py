@@ -22,10 +22,10 @@ import sys
 
 import torch
 
+from motorsearch.config import PRECISIONS
 from motorsearch.errors import ConfigError
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("auto", *AUTOCAST_DTYPES)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # every PRECISIONS but auto
 
 
 def select_device(requested: str | None) -> torch.device:
