@@ -13,9 +13,10 @@ exits with code 2 and writes nothing. Sections, in order (``--only`` picks some)
   peak: a bf16 matmul measured in the same run and the datasheet figure where the card is known;
 - ``inference``: a whole 300 x 960 x 928 tomogram through ``predict_volume`` (4m), fp32 against
   the ``auto`` precision, time and peak memory, measured (no extrapolation);
-- ``search``: a real search of 8 trials, 4 at a time x ``gpu: 0.25`` with ASHA, against trials
-  alone on the card (``gpu: 1``) for the same epochs: trial-epochs/s of each and their ratio, the
-  GPU memory of each trial process (``nvidia-smi``), each trial's device id;
+- ``search`` (``benchmarks.gpu_check_search``): a real search of 8 trials, 4 at a time x
+  ``gpu: 0.25`` with ASHA, against trials alone on the card (``gpu: 1``) for the same epochs:
+  trial-epochs/s of each and their ratio, the GPU memory of each trial process (``nvidia-smi``),
+  each trial's device id;
 - ``sampler``: the patch sampler's patches/s at the BYU patch size (one core) against the
   patches/s the GPU trains at that size: how many DataLoader workers keep the card fed.
 
@@ -29,14 +30,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import math
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -46,7 +44,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.bench_training import TOMOGRAM, WINDOW, _inference_seconds, train_steps, window_count
+from benchmarks.bench_training import TOMOGRAM, WINDOW, _inference_seconds, matmul_tflops, train_steps, window_count
+from benchmarks.gpu_check_search import search
 from benchmarks.report import machine, markdown, write_text
 from benchmarks.table import format_table, row
 from motorsearch.training.device import release_gpu_memory, resolve_precision
@@ -136,7 +135,7 @@ def resume(check: Check) -> list[dict]:
     from motorsearch.training.trainer import fit
 
     s, rows = check.sizes, []
-    data = _simulated_data(check.workdir / "resume_data")
+    data = simulated_data(check.workdir / "resume_data")
 
     def config(precision: str, epochs: int):
         return from_dict({"device": check.device.type, "data": {"root": str(data), "cache_dir": str(check.workdir / "cache"),
@@ -168,7 +167,7 @@ def resume(check: Check) -> list[dict]:
 def throughput(check: Check) -> list[dict]:
     s = check.sizes
     precision = resolve_precision("auto", check.device)
-    matmul = measured_matmul_tflops(check.device, precision, s.matmul_n)
+    matmul = matmul_tflops(check.device, precision, s.matmul_n)
     name = _device_name(check.device)
     sheet = next((tflops for key, tflops in DATASHEET_TFLOPS if key in name), None)
     rows = [row(f"matmul {s.matmul_n}^2 ({precision})", matmul, "TFLOP/s",
@@ -205,42 +204,6 @@ def inference(check: Check) -> list[dict]:
     return rows
 
 
-def search(check: Check) -> list[dict]:
-    import ray
-
-    s = check.sizes
-    data = _simulated_data(check.workdir / "search_data")
-    cpus = os.cpu_count() or 2
-    per_trial = max(1, cpus // s.shared_concurrent) if check.device.type == "cuda" else 0.5
-    gpus = None if check.device.type == "cuda" else 1  # the dry run declares one logical GPU
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
-    memory = GpuMemoryWatch()
-    try:
-        memory.start()
-        shared = _search_run(check, "shared", data, trials=s.shared_trials, concurrent=s.shared_concurrent,
-                             resources={"cpu": per_trial, "gpu": s.shared_gpu},
-                             scheduler={"type": "asha", "max_epochs": s.search_epochs, "grace_period": 1,
-                                        "reduction_factor": 2})
-        alone = _search_run(check, "alone", data, trials=s.alone_trials, concurrent=1,
-                            resources={"cpu": per_trial, "gpu": 1}, scheduler={"type": "none"})
-    finally:
-        memory.stop()
-        ray.shutdown()
-    rows = []
-    for label, run in (("shared", shared), ("alone", alone)):
-        ids_ok = all(len(t["gpu_ids"].split(",")) == 1 and t["device"] == check.device.type for t in run.trials)
-        status = check.expect(ids_ok and len(run.trials) == run.asked, f"search {label}: one device id per trial")
-        peaks = [memory.peak_mib.get(pid) for pid in run.pids]
-        shown = ", ".join(f"{p:.0f}" for p in peaks if p is not None) or "n/a (no nvidia-smi)"
-        rows.append(row(f"search {label}: trial-epochs per second", run.epochs / run.seconds, "epochs/s",
-                        f"{status}: {len(run.trials)} trials x {run.resources}, {run.concurrent} at a time, "
-                        f"{run.epochs} trial-epochs in {run.seconds:.0f} s, {run.stopped} stopped early by ASHA; "
-                        f"device ids {sorted({t['gpu_ids'] for t in run.trials})}; GPU MiB per trial process: {shown}"))
-    rows.append(row("search: shared / alone throughput", (shared.epochs / shared.seconds) / (alone.epochs / alone.seconds),
-                    "x", f"{s.shared_concurrent} trials x gpu {s.shared_gpu} against one trial x gpu 1"))
-    return rows
-
-
 def sampler(check: Check) -> list[dict]:
     from benchmarks.bench_data import patches_per_second, sampling_cache
 
@@ -272,91 +235,7 @@ SECTIONS: dict[str, Callable[[Check], list[dict]]] = {
 # helpers
 
 
-def measured_matmul_tflops(device: torch.device, precision: str, n: int, repeats: int = 20) -> float:
-    """TFLOP/s of an ``n`` x ``n`` matmul in ``precision`` on ``device``: the card's practical peak."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - started) / 1e12
-
-
-@dataclass
-class _SearchRun:
-    trials: list[dict]
-    pids: list[int]
-    asked: int
-    concurrent: int
-    resources: dict
-    epochs: int
-    stopped: int
-    seconds: float
-
-
-def _search_run(check: Check, name: str, data: Path, *, trials: int, concurrent: int, resources: dict,
-                scheduler: dict) -> _SearchRun:
-    from motorsearch.search.runner import run_search
-    from motorsearch.search.space import load_space
-    from motorsearch.search.trainable import read_attempts
-
-    s = check.sizes
-    space = {
-        "name": name, "num_samples": trials, "max_concurrent": concurrent, "resources": resources,
-        "scheduler": scheduler, "searcher": {"sampler": "random", "seed": 0}, "max_failures": 0,
-        "storage_path": str(check.workdir / "runs"),
-        "overrides": {"device": "auto", "data.root": str(data), "data.cache_dir": str(check.workdir / "cache"),
-                      "data.n_folds": 2, "data.spacing": 16.0, "model.preset": s.preset, "optim.epochs": s.search_epochs,
-                      "optim.precision": "auto", "sampling.patch_size": list(s.search_patch), "sampling.batch_size": 2,
-                      "sampling.patches_per_epoch": 8, "sampling.num_workers": 0, "validation.every": 1,
-                      "validation.overlap": 0.25, "validation.window_batch_size": 4},
-        "parameters": {"optim.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
-    }
-    path = check.workdir / f"space_{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    started = time.perf_counter()
-    outcome = run_search(load_space(path), verbose=0, out=io.StringIO())
-    seconds = time.perf_counter() - started
-    last = [result.metrics for result in outcome.results if result.metrics]
-    pids = [attempt["pid"] for trial in last
-            for attempt in read_attempts(Path(outcome.experiment_path) / f"trial_{trial['trial_id']}")]
-    epochs = [int(trial["epoch"]) for trial in last]
-    return _SearchRun(trials=last, pids=pids, asked=trials, concurrent=concurrent, resources=resources,
-                      epochs=sum(epochs), stopped=sum(e < s.search_epochs for e in epochs), seconds=seconds)
-
-
-class GpuMemoryWatch:
-    """The largest GPU memory (MiB) ``nvidia-smi`` reports for each process id, sampled twice a second."""
-
-    def __init__(self) -> None:
-        self.peak_mib: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        if shutil.which("nvidia-smi"):
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            answer = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                                    capture_output=True, text=True, check=False).stdout
-            for line in answer.splitlines():
-                pid, _, used = line.partition(",")
-                if pid.strip().isdigit() and used.strip().replace(".", "", 1).isdigit():
-                    self.peak_mib[int(pid)] = max(self.peak_mib.get(int(pid), 0.0), float(used))
-
-
-def _simulated_data(root: Path) -> Path:
+def simulated_data(root: Path) -> Path:
     from motorsearch.data.simulate import simulate_dataset
 
     if not (root / "simulation.json").is_file():
@@ -374,11 +253,6 @@ def _driver() -> str:
     answer = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True, check=False).stdout.strip()
     return f"driver {answer.splitlines()[0]}" if answer else "driver unknown"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _dims(shape) -> str:

@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.report [--quick] [--out benchmarks/REPORT.md]`` runs the data, training,
 inference and search-overhead benchmarks (each module's ``run(quick)``), prints one markdown table
-and writes it, headed by the machine it ran on, to ``--out``. ``make bench`` runs it.
+and writes it, headed by the machine it ran on, to ``--out``. ``make bench`` runs it. Sections
+of the existing file from its first ``## `` heading on (measurements made by hand, before/after
+tables) are kept below the new table.
 """
 
 from __future__ import annotations
@@ -68,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     text = f"# Speed report\n\nMeasured {stamp} on: {machine()}{' (quick sizes)' if args.quick else ''}.\n\n{table}\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(args.out, text)
+    write_text(args.out, text + kept_sections(args.out))
     return 0
+
+
+def kept_sections(path: Path) -> str:
+    """What follows the first ``## `` heading of an existing report ("" when there is none)."""
+    text = path.read_text() if path.is_file() else ""
+    start = text.find("\n## ")
+    return "" if start < 0 else text[start:]
 
 
 def write_text(path: Path, text: str) -> None:
