@@ -29,7 +29,7 @@ from motorsearch.config import AugmentConfig, DataConfig, SamplingConfig, Target
 from motorsearch.data.cache import TomogramCache, cache_bytes_per_voxel, prepare, prepare_records
 from motorsearch.data.kaggle import TomogramLabels, write_labels_csv
 from motorsearch.data.sampler import PatchDataset
-from motorsearch.data.source import TomogramRecord
+from motorsearch.data.records import TomogramRecord
 
 MB = 1e6
 SOURCE_SPACING = 13.1  # the most common Kaggle spacing; resampled to 16 Å like the best solutions

@@ -31,7 +31,7 @@ import torch
 
 from motorsearch.config import DATA_FORMATS, NORMALIZATIONS, TestTimeConfig, from_dict
 from motorsearch.data import preprocess
-from motorsearch.data.source import TomogramRecord
+from motorsearch.data.records import TomogramRecord
 from motorsearch.errors import ConfigError, DataError, ModelFileError
 from motorsearch.model_file import LoadedModel
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from motorsearch.atomic import temporary_name
 from motorsearch.data import preprocess
 from motorsearch.data.cache import cache_bytes_per_voxel, cache_key, load_cache, prepare_records
-from motorsearch.data.source import TomogramRecord
+from motorsearch.data.records import TomogramRecord
 from motorsearch.errors import DataError
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from motorsearch.search.cluster import connect
+from motorsearch.search.cluster import connect_ray
 
 
 def test_trial_workers_get_a_passive_openmp_wait_policy(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # so the raylet cannot inherit it
-    connect(dashboard=False)
+    connect_ray(dashboard=False)
     try:
         @ray.remote(num_cpus=1)
         def wait_policy():
@@ -73,7 +73,7 @@ def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 def test_a_local_search_ray_listens_on_127_0_0_1_only_and_its_token_is_private(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes its token under the home folder
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # token authentication on, as for a user
-    info = connect()
+    info = connect_ray()
     try:
         assert info.started_here and info.dashboard_url.startswith("http://127.0.0.1:")
         assert info.nodes[0].address == "127.0.0.1"

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 from motorsearch.config import AugmentConfig, SamplingConfig, TargetConfig
 from motorsearch.data.cache import prepare_records
 from motorsearch.data.preprocess import normalize
+from motorsearch.data.records import TomogramRecord
 from motorsearch.data.sampler import PatchDataset
-from motorsearch.data.source import TomogramRecord
 from motorsearch.data.targets import heatmap
 
 STRIDE = 16

@@ -12,7 +12,7 @@ from search_support import tiny_dataset, write_space
 
 from motorsearch.cli import main
 from motorsearch.errors import InputError
-from motorsearch.search.runner import format_leaderboard, leaderboard, run_search
+from motorsearch.search.runner import format_leaderboard, rank_trials, run_search
 from motorsearch.search.space import load_space
 from motorsearch.search.trainable import read_attempts
 
@@ -127,7 +127,7 @@ def test_leaderboard_keeps_a_trial_whose_checkpoint_never_reached_the_disk(tmp_p
     result = Result(metrics={"epoch": 2, "val_f2": 0.7, "best_val_f2": 0.7, "best_epoch": 2.0}, checkpoint=None,
                     error=None,
                     path=str(tmp_path / "trial_abc"), metrics_dataframe=frame, best_checkpoints=None)
-    (row,) = leaderboard([result], space)
+    (row,) = rank_trials([result], space)
     assert (row.trial_id, row.value, row.epoch, row.epochs_run, row.checkpoint) == ("abc", 0.7, 2, 2, None)
 
 

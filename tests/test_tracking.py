@@ -28,7 +28,7 @@ from motorsearch.errors import InputError
 from motorsearch.model_file import file_sha256, verify_checksum
 from motorsearch.objective import Objective
 from motorsearch.tracking import schema
-from motorsearch.tracking.leaderboard import connect, find_search, leaderboard, top_configs
+from motorsearch.tracking.leaderboard import find_search, leaderboard, top_configs, tracking_client
 from motorsearch.tracking.pictures import _curves, training_curves_png
 from motorsearch.tracking.uri import resolve_tracking_uri
 
@@ -279,7 +279,7 @@ def test_an_experiment_without_a_search_is_refused(search, client):
     if client.get_experiment_by_name("not-a-search") is None:
         client.create_experiment("not-a-search")
     with pytest.raises(InputError, match="'not-a-search' holds no motorsearch search"):
-        find_search(connect(search.tracking_uri), "not-a-search")
+        find_search(tracking_client(search.tracking_uri), "not-a-search")
 
 
 # ------------------------------------------------------------------ pictures

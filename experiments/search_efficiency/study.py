@@ -192,7 +192,7 @@ def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]])
 def run_study(*, budget: int, seeds: list[int], arms: tuple[str, ...], out: Path, space_file: Path = SPACE,
               log: Any = None) -> None:
     """Every arm × seed not yet in ``outcomes.csv``, seed by seed so a partial study is balanced."""
-    from motorsearch.search.cluster import connect
+    from motorsearch.search.cluster import connect_ray
 
     log = log or sys.stdout
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def run_study(*, budget: int, seeds: list[int], arms: tuple[str, ...], out: Path
     if budgets and budgets != {budget}:
         raise SystemExit(f"{outcomes} holds arms run with budget {sorted(budgets)}, not {budget}: "
                          "give another --out, or the same --budget.")
-    connect(None, dashboard=False)
+    connect_ray(None, dashboard=False)
     for seed in seeds:
         for arm in arms:
             if (arm, seed) in finished:

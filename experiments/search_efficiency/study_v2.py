@@ -245,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget must be at least 1, but got --budget={args.budget}")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.analyse_only:
-        from motorsearch.search.cluster import connect
+        from motorsearch.search.cluster import connect_ray
 
         done = {int(r["seed"]) for r in analysis.read_csv(args.out / "models.csv")} \
             if (args.out / "models.csv").is_file() else set()
-        connect(None, dashboard=False)
+        connect_ray(None, dashboard=False)
         for seed in args.seeds:
             if seed not in done:
                 run_seed(seed, budget=args.budget, out=args.out, log=sys.stdout, space_file=args.space)

@@ -30,16 +30,16 @@ def run(args: argparse.Namespace) -> int:
     from motorsearch.tracking import schema
     from motorsearch.tracking.leaderboard import (
         confirmed_trials,
-        connect,
         export_ranking,
         find_search,
         leaderboard,
         search_objective,
+        tracking_client,
     )
 
     if args.top < 0:
         raise InputError(f"`--top` cannot be negative, but got --top={args.top}.")
-    client = connect(args.tracking_uri)
+    client = tracking_client(args.tracking_uri)
     search = find_search(client, args.experiment)
     objective = search_objective(search)
     table = leaderboard(client, search)

@@ -34,10 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from motorsearch.search.confirm import describe_confirmation, parse_folds, plan_confirmation, run_confirmation
-    from motorsearch.tracking.leaderboard import connect, find_search
+    from motorsearch.tracking.leaderboard import find_search, tracking_client
 
     folds = parse_folds(args.folds)
-    client = connect(args.tracking_uri)
+    client = tracking_client(args.tracking_uri)
     search = find_search(client, args.experiment)
     plan = plan_confirmation(client, search, top_k=args.top, folds=folds, storage_path=args.storage_path,
                              address=args.address)

@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
 def confirm_phase(space: SearchSpace, search: SearchRun) -> None:
     """The space file's ``confirm:`` phase: the search's top trials trained again on the other folds."""
     from motorsearch.search.confirm import describe_confirmation, plan_confirmation, run_confirmation
-    from motorsearch.tracking.leaderboard import connect, finished_trials, get_run, leaderboard
+    from motorsearch.tracking.leaderboard import finished_trials, get_run, leaderboard, tracking_client
 
-    client = connect(search.tracking_uri)
+    client = tracking_client(search.tracking_uri)
     parent = get_run(client, search.run_id)
     finished = len(finished_trials(leaderboard(client, parent), search.objective))
     top_k = min(space.confirm.top_k, finished)

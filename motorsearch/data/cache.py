@@ -57,7 +57,7 @@ from motorsearch.atomic import TEMPORARY_MARK, replacing, write_text
 from motorsearch.config import DataConfig
 from motorsearch.data import preprocess
 from motorsearch.data.folds import assign_folds
-from motorsearch.data.source import TomogramRecord
+from motorsearch.data.records import TomogramRecord
 from motorsearch.errors import DataError
 
 CACHE_VERSION = 1

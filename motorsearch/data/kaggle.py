@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from motorsearch.atomic import write_text
-from motorsearch.data.source import TomogramRecord
+from motorsearch.data.records import TomogramRecord
 from motorsearch.errors import DataError
 
 LABEL_COLUMNS = (

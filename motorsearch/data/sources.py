@@ -24,8 +24,8 @@ from filelock import FileLock
 
 from motorsearch.config import DataConfig, SyntheticConfig
 from motorsearch.data.kaggle import read_kaggle
+from motorsearch.data.records import TomogramRecord
 from motorsearch.data.simulate import SIMULATOR_VERSION, simulate_dataset
-from motorsearch.data.source import TomogramRecord
 from motorsearch.data.volumes import read_volume_folder
 from motorsearch.errors import DataError
 

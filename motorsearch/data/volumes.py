@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from motorsearch.data.kaggle import parse_number, utf8_text
-from motorsearch.data.source import TomogramRecord
+from motorsearch.data.records import TomogramRecord
 from motorsearch.errors import ConfigError, DataError
 from motorsearch.registry import did_you_mean
 

@@ -1,6 +1,6 @@
 """Where a search runs: start or join Ray, and refuse set-ups that can never work.
 
-- ``connect``: a local Ray instance by default, every port it opens bound to 127.0.0.1 (GCS,
+- ``connect_ray``: a local Ray instance by default, every port it opens bound to 127.0.0.1 (GCS,
   raylet, workers, dashboard, dashboard agent and its metrics endpoint); or join an existing
   cluster (``address: auto`` or ``HOST:PORT``) as it is configured; or reuse the instance this
   process already started (tests, notebooks).
@@ -66,7 +66,7 @@ class ClusterInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def connect(address: str | None = None, *, dashboard: bool = True) -> ClusterInfo:
+def connect_ray(address: str | None = None, *, dashboard: bool = True) -> ClusterInfo:
     """Join ``address`` ("auto", "HOST:PORT", "ray://...") or start a local Ray; reuse a running one."""
     import ray
 

@@ -150,14 +150,14 @@ def run_confirmation(plan: ConfirmPlan, *, out: Any = None) -> pd.DataFrame:
     from ray import tune
 
     from motorsearch.environment import restored
-    from motorsearch.search.cluster import check_request, check_storage, connect, dashboard_message
+    from motorsearch.search.cluster import check_request, check_storage, connect_ray, dashboard_message
     from motorsearch.search.runner import NO_AUTO_LOGGERS, REUSE_ACTORS, result_loggers, trial_dirname
     from motorsearch.search.space import Resources, is_uri
     from motorsearch.tracking.search_runs import TrialTracker
 
     out = out or sys.stdout
     resources = Resources(cpu=float(plan.resources.get("cpu", 1.0)), gpu=float(plan.resources.get("gpu", 0.0)))
-    cluster = connect(plan.address)
+    cluster = connect_ray(plan.address)
     print(dashboard_message(cluster), file=out)
     check_request(resources, cluster.nodes)
     check_storage(plan.storage_path, shared=False, nodes=cluster.nodes)

@@ -30,7 +30,14 @@ from typing import Any
 
 from motorsearch.environment import folder_problem, restored
 from motorsearch.errors import ConfigError, InputError
-from motorsearch.search.cluster import ClusterInfo, check_request, check_storage, connect, dashboard_message, local_node
+from motorsearch.search.cluster import (
+    ClusterInfo,
+    check_request,
+    check_storage,
+    connect_ray,
+    dashboard_message,
+    local_node,
+)
 from motorsearch.search.space import SearchSpace, is_uri
 from motorsearch.search.study import make_searcher, remove_stale_study, reopen_waiting, settle_study, study_url
 from motorsearch.search.trainable import TrialSetup, fault_epoch_from_env, fault_raise_from_env, train_trial
@@ -121,7 +128,7 @@ def prepare_search(space: SearchSpace, *, out: Any = None) -> ClusterInfo:
     joining = space.address is not None or ray.is_initialized()
     if not joining:
         prepare_data(space, out=out)
-    cluster = connect(space.address)
+    cluster = connect_ray(space.address)
     print(dashboard_message(cluster), file=out)
     check_request(space.resources, cluster.nodes)
     check_storage(space.storage_path, shared=space.storage_shared, nodes=cluster.nodes)
@@ -176,7 +183,7 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
     except BaseException:  # e.g. a second Ctrl-C: the trials still running wait for --resume
         settle_study(study_storage, space.name, search_ended=False)
         raise
-    board = leaderboard(results, space)
+    board = rank_trials(results, space)
     spent = sum(row.epochs_run for row in board)
     budget_spent = space.budget_epochs is not None and spent >= space.budget_epochs
     complete = budget_spent or (len(results) >= space.num_samples
@@ -213,7 +220,7 @@ def prepare_data(space: SearchSpace, *, out: Any = None) -> list[Path]:
     return roots
 
 
-def leaderboard(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
+def rank_trials(results: Any, space: SearchSpace) -> list[LeaderboardRow]:
     """Every trial with its objective, in the ranking order of :func:`schema.rank_key` (the
     first finished trial with a value is the one ``export`` picks)."""
     objective = space.objective

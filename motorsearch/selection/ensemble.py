@@ -53,12 +53,12 @@ def export_ensemble(out: str | Path, *, k: int, experiment_name: str | None = No
         write_model_payload,
     )
     from motorsearch.tracking.export import check_out_path, fetch_best_model
-    from motorsearch.tracking.leaderboard import connect, find_search, rank_search
+    from motorsearch.tracking.leaderboard import find_search, rank_search, tracking_client
 
     if k < 2:
         raise InputError(f"`--ensemble` must be at least 2 models, but got --ensemble={k}.")
     out = check_out_path(out)
-    client = connect(tracking_uri)
+    client = tracking_client(tracking_uri)
     search = rank_search(client, find_search(client, experiment_name))
     name, ranked, ranking = search.name, search.ranked, search.ranking
     if len(ranked) < k:

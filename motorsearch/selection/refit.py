@@ -62,14 +62,14 @@ def refit(out: str | Path, *, experiment_name: str | None = None, tracking_uri: 
     from motorsearch.selection.out_of_fold import score_out_of_fold
     from motorsearch.tracking import schema
     from motorsearch.tracking.export import Pick, check_out_path, fetch_best_model, register_model
-    from motorsearch.tracking.leaderboard import connect, find_search, rank_search, trial_config
+    from motorsearch.tracking.leaderboard import find_search, rank_search, tracking_client, trial_config
     from motorsearch.training.checkpoint import MODEL_FILE
     from motorsearch.training.trainer import fit
 
     if epochs is not None and epochs < 1:
         raise ConfigError(f"`--epochs` must be at least 1, but got --epochs={epochs}.")
     out = check_out_path(out)
-    client = connect(tracking_uri)
+    client = tracking_client(tracking_uri)
     read = rank_search(client, find_search(client, experiment_name))
     search, objective, name, ranked, ranking = read.search, read.objective, read.name, read.ranked, read.ranking
     if ranked.empty:

@@ -28,7 +28,14 @@ from mlflow.tracking import MlflowClient
 from motorsearch.errors import InputError, ModelFileError
 from motorsearch.objective import Objective
 from motorsearch.tracking import schema
-from motorsearch.tracking.leaderboard import connect, find_search, get_run, rank_search, search_objective, top_configs
+from motorsearch.tracking.leaderboard import (
+    find_search,
+    get_run,
+    rank_search,
+    search_objective,
+    top_configs,
+    tracking_client,
+)
 
 __all__ = ["CHAMPION", "Exported", "Pick", "export_best", "pick_trial", "register_model", "top_configs"]
 
@@ -100,7 +107,7 @@ def export_best(out: str | Path, *, experiment_name: str | None = None, run_id: 
     from motorsearch.model_file import file_sha256, install_model_file
 
     out = check_out_path(out)
-    client = connect(tracking_uri)
+    client = tracking_client(tracking_uri)
     pick = pick_trial(client, experiment_name=experiment_name, run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="motorsearch-export-") as tmp:
         downloaded = fetch_best_model(client, pick.run_id, Path(tmp))

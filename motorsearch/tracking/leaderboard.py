@@ -34,7 +34,7 @@ from motorsearch.tracking.uri import ENV_VAR, check_tracking_uri, describe_origi
 RANKED_STATUSES = (schema.FINISHED, schema.EARLY_STOPPED)  # trials that enter the importance study
 
 
-def connect(tracking_uri: str | None) -> MlflowClient:
+def tracking_client(tracking_uri: str | None) -> MlflowClient:
     """A client for the resolved tracking URI of an existing store, after the fast reachability check."""
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri, origin=describe_origin(tracking_uri), must_exist=True)
@@ -216,7 +216,7 @@ def top_configs(experiment_name: str, k: int, tracking_uri: str | None = None) -
     """
     if k < 1:
         raise InputError(f"`k` must be at least 1, but got k={k}.")
-    client = connect(tracking_uri)
+    client = tracking_client(tracking_uri)
     search = find_search(client, experiment_name)
     table = leaderboard(client, search)
     value = search_objective(search).value_key
