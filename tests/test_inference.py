@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from motorsearch.config import ModelConfig
 from motorsearch.evaluation.inference import predict_logits, predict_volume, window_steps
 from motorsearch.evaluation.peaks import find_peaks
+from motorsearch.model import build_model
 
 torch.set_num_threads(1)
 
@@ -172,3 +174,21 @@ def test_unknown_tta_is_rejected():
     with pytest.raises(ValueError, match="`tta` must be one of 1, 4, 8, 16, but got tta=2."):
         predict_logits(PoolModel(4), np.zeros((8, 8, 8), np.float32), patch_size=(8, 8, 8), stride=4, overlap=0.0,
                        batch_size=1, device="cpu", tta=2)
+
+
+def test_a_single_cpu_window_runs_as_a_batch_of_two_with_the_same_predictions():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny")).eval()
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, windows):
+            seen.append(windows.shape[0])
+            return model(windows)
+
+    volume = np.random.default_rng(1).standard_normal((32, 90, 64), dtype=np.float32)  # 2 windows in y only
+    kwargs = dict(patch_size=(32, 64, 64), stride=16, overlap=0.5, device="cpu")
+    one = predict_volume(Recording(), volume, batch_size=1, **kwargs)
+    assert seen == [2, 2]  # each window alone, doubled (PyTorch's batch-1 conv3d path is ~3.5x slower)
+    two = predict_volume(model, volume, batch_size=2, **kwargs)
+    np.testing.assert_allclose(one, two, rtol=0, atol=1e-6)
