@@ -76,4 +76,3 @@ def test_sliding_window_predictions_are_those_of_the_direct_path(monkeypatch):
     assert fast.shape == direct.shape == (3, 5, 6)
     np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-6)
     assert np.abs(direct).max() > 0.001
-
