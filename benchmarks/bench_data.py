@@ -28,8 +28,8 @@ from motorsearch.cli.prepare import available_cpus
 from motorsearch.config import AugmentConfig, DataConfig, SamplingConfig, TargetConfig
 from motorsearch.data.cache import TomogramCache, cache_bytes_per_voxel, prepare, prepare_records
 from motorsearch.data.kaggle import TomogramLabels, write_labels_csv
-from motorsearch.data.sampler import PatchDataset
 from motorsearch.data.records import TomogramRecord
+from motorsearch.data.sampler import PatchDataset
 
 MB = 1e6
 SOURCE_SPACING = 13.1  # the most common Kaggle spacing; resampled to 16 Å like the best solutions

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.report import machine, write_text
+from benchmarks.report import machine
+from motorsearch.atomic import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = {  # name -> (validation.unknown_spacing, test_time.tta, metric)

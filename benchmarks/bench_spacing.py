@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import machine, write_text
+from benchmarks.report import machine
+from motorsearch.atomic import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "experiments" / "synthetic_demo.yaml"

@@ -46,8 +46,9 @@ import yaml
 
 from benchmarks.bench_training import TOMOGRAM, WINDOW, _inference_seconds, matmul_tflops, train_steps, window_count
 from benchmarks.gpu_check_search import search
-from benchmarks.report import machine, markdown, write_text
+from benchmarks.report import machine, markdown
 from benchmarks.table import format_table, row
+from motorsearch.atomic import write_text
 from motorsearch.training.device import release_gpu_memory, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,11 @@ import datetime
 import importlib
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from motorsearch.atomic import write_text
 
 SECTIONS = (
     ("data", "benchmarks.bench_data"),
@@ -79,13 +80,6 @@ def kept_sections(path: Path) -> str:
     text = path.read_text() if path.is_file() else ""
     start = text.find("\n## ")
     return "" if start < 0 else text[start:]
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then renamed."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 if __name__ == "__main__":
