@@ -97,7 +97,7 @@ def run(*, trials: int, epochs: int, patches: int, cache: Path, workdir: Path) -
     from motorsearch.data.cache import prepare
     from motorsearch.data.sources import synthetic_root
     from motorsearch.search.runner import run_search
-    from motorsearch.search.space import load_space
+    from motorsearch.search.space_file import load_space
 
     space = load_space(write_space(workdir, trials=trials, epochs=epochs, patches=patches, cache=cache))
     started = time.perf_counter()

@@ -92,7 +92,7 @@ def _summarise(rows: list[dict[str, Any]], *, started: float, wall: float, concu
 
 def _prepare_data(space: Path) -> None:
     from motorsearch.data.cache import prepare
-    from motorsearch.search.space import load_space
+    from motorsearch.search.space_file import load_space
 
     prepare(load_space(space).base.data)
 

@@ -80,7 +80,7 @@ class _SearchRun:
 def _search_run(check: Check, name: str, data: Path, *, trials: int, concurrent: int, resources: dict,
                 scheduler: dict) -> _SearchRun:
     from motorsearch.search.runner import run_search
-    from motorsearch.search.space import load_space
+    from motorsearch.search.space_file import load_space
     from motorsearch.search.trainable import read_attempts
 
     s = check.sizes

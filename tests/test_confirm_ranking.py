@@ -11,7 +11,8 @@ import yaml
 from motorsearch.errors import ConfigError
 from motorsearch.objective import Objective
 from motorsearch.search.confirm import Candidate, ConfirmPlan, Job, confirmation_table, parse_folds
-from motorsearch.search.space import ConfirmSpec, load_space
+from motorsearch.search.space import ConfirmSpec
+from motorsearch.search.space_file import load_space
 
 
 def _plan(values: list[float], *, mode: str = "max", n_folds: int = 3) -> ConfirmPlan:

@@ -13,7 +13,7 @@ from search_support import tiny_dataset, write_space
 from motorsearch.errors import InputError
 from motorsearch.search.cluster import Node, check_storage
 from motorsearch.search.runner import run_search
-from motorsearch.search.space import load_space
+from motorsearch.search.space_file import load_space
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from search_support import LR_AND_LOSS, tiny_dataset, write_space
 from motorsearch.cli.run import tracked_search
 from motorsearch.model_file import load_model_file
 from motorsearch.search.runner import format_leaderboard
-from motorsearch.search.space import SearchSpace, load_space
+from motorsearch.search.space import SearchSpace
+from motorsearch.search.space_file import load_space
 from motorsearch.search.study import MLFLOW_RUN_ID, RAY_TRIAL_ID, study_url
 from motorsearch.search.trainable import FAULT_RAISE_ENV
 from motorsearch.tracking import schema

@@ -18,7 +18,8 @@ from search_support import tiny_dataset, write_space
 
 from motorsearch.errors import InputError
 from motorsearch.search.runner import run_search
-from motorsearch.search.space import Resources, load_space
+from motorsearch.search.space import Resources
+from motorsearch.search.space_file import load_space
 
 
 @pytest.fixture(scope="module")

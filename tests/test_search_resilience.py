@@ -12,7 +12,7 @@ from ray import tune
 from search_support import tiny_dataset, write_space
 
 from motorsearch.search.runner import run_search
-from motorsearch.search.space import load_space
+from motorsearch.search.space_file import load_space
 from motorsearch.search.trainable import FAULT_ENV, FAULT_MARKER, read_attempts
 
 

@@ -13,7 +13,7 @@ from search_support import tiny_dataset, write_space
 from motorsearch.cli import main
 from motorsearch.errors import InputError
 from motorsearch.search.runner import format_leaderboard, rank_trials, run_search
-from motorsearch.search.space import load_space
+from motorsearch.search.space_file import load_space
 from motorsearch.search.trainable import read_attempts
 
 

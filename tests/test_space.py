@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from motorsearch.errors import ConfigError
-from motorsearch.search.space import Parameter, load_space, order_parameters
+from motorsearch.search.space import Parameter, order_parameters
+from motorsearch.search.space_file import load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from search_support import write_space
 
-from motorsearch.search.space import load_space
+from motorsearch.search.space_file import load_space
 from motorsearch.search.study import (
     ENDED_NOTE,
     MLFLOW_RUN_ID,

@@ -56,7 +56,8 @@ OUTCOME_COLUMNS = ("arm", "seed", "budget", "trials", "spent", "best_val_f2", "b
 
 def arm_space(arm: str, seed: int, *, budget: int, storage: Path, space_file: Path = SPACE) -> Any:
     """The :class:`SearchSpace` of one arm and seed (see the module docstring)."""
-    from motorsearch.search.space import SchedulerSpec, SearcherSpec, load_space
+    from motorsearch.search.space import SchedulerSpec, SearcherSpec
+    from motorsearch.search.space_file import load_space
 
     overrides = [f"optim.seed={seed}"]
     if arm == "defaults":

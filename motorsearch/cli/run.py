@@ -58,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from motorsearch.errors import ConfigError
     from motorsearch.search.runner import format_leaderboard
-    from motorsearch.search.space import load_space
+    from motorsearch.search.space_file import load_space
     from motorsearch.tracking import schema
 
     if args.num_samples is not None and args.num_samples < 1:
