@@ -181,3 +181,28 @@ def test_ctrl_c_then_resume_leaves_no_trial_running_and_one_run_per_trial(data: 
         trial = next(t for t in study.trials if t.user_attrs[RAY_TRIAL_ID] == run.data.tags[schema.TRIAL_ID])
         assert run.data.metrics["best_val_f2"] == trial.value
         assert trial.user_attrs[MLFLOW_RUN_ID] == run.info.run_id
+
+
+@pytest.mark.slow
+def test_a_tie_between_epochs_is_the_later_epoch_everywhere(data: Path, tmp_path: Path) -> None:
+    """A constant learning rate makes every epoch tie on ``lr``: the trainer's best checkpoint, the one
+    Tune keeps, MLflow's ``best_epoch``, the uploaded best model and ``export`` all name the last epoch."""
+    space = load_space(write_space(tmp_path / "space.yaml", data=data, cache=tmp_path / "cache",
+                                   storage=tmp_path / "runs", epochs=3, name="tie", metric="lr", mode="max",
+                                   overrides={"optim.min_lr_fraction": 1.0, "optim.warmup_fraction": 0.0},
+                                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    outcome, _ = tracked_search(space, space_file=space.source, out=io.StringIO())
+    assert [row.status for row in outcome.leaderboard] == [schema.FINISHED, schema.FINISHED]
+    assert [row.epoch for row in outcome.leaderboard] == [3, 3]  # Tune's kept checkpoint: the later epoch
+    assert all(row.checkpoint and row.checkpoint.endswith("checkpoint_000002") for row in outcome.leaderboard)
+    check_views_agree(space, outcome)  # MLflow best_epoch, the uploaded model, best and export agree
+    client = MlflowClient(space.tracking_uri)
+    search = find_search(client, space.name)
+    for run in client.search_runs([search.info.experiment_id],
+                                  filter_string=f"tags.`{schema.PARENT}` = '{search.info.run_id}'"):
+        assert run.data.metrics["best_epoch"] == 3
+    out = tmp_path / "best.pt"
+    from motorsearch.tracking.export import export_best
+
+    exported = export_best(out, experiment_name=space.name, tracking_uri=space.tracking_uri)
+    assert load_model_file(exported.path).metrics["epoch"] == 3
