@@ -192,12 +192,14 @@ def test_checkpoints_kept_only_for_the_best_and_the_last(dataset, tmp_path):
     reports = []
 
     def report(epoch, metrics, folder):
-        assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "state.pt"]
-        reports.append((epoch, dict(metrics), folder))
+        reports.append((epoch, dict(metrics), folder, sorted(p.name for p in folder.iterdir())))
 
     # "epoch" with mode min: the first validation epoch is best and every later one is worse
     result = fit(cfg, workdir=tmp_path, cache=cache, report=report, metric="epoch", mode="min")
     assert [r[0] for r in reports] == [2, 4, 5]  # every 2 epochs, and always the last
+    # the validation picture is drawn for a new best epoch only
+    assert [r[3] for r in reports] == [["model.pt", "state.pt", "validation.png"], ["model.pt", "state.pt"],
+                                       ["model.pt", "state.pt"]]
     assert result.best_epoch == 2
     assert result.best_checkpoint == tmp_path / "checkpoints" / "epoch_0002"
     assert result.last_checkpoint == tmp_path / "checkpoints" / "epoch_0005"

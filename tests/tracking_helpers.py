@@ -43,11 +43,15 @@ def tiny_config(**overrides: Any):
     return from_dict(raw)
 
 
-def tiny_trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable for the cases above (runs in a Ray worker)."""
+def tiny_trainable(config: dict[str, Any], folder: str | None = None) -> None:
+    """Ray Tune function trainable for the cases above (runs in a Ray worker). With ``folder`` it draws
+    the validation picture of each new best epoch into the checkpoint, as the real trainer does."""
     import torch
     from ray import tune
 
+    from motorsearch.data.preprocess import normalize
+    from motorsearch.evaluation.inference import predict_volume
+    from motorsearch.evaluation.pictures import VALIDATION_PICTURE, validation_png
     from motorsearch.model import build_model
     from motorsearch.model_file import save_model_file
 
@@ -63,12 +67,20 @@ def tiny_trainable(config: dict[str, Any]) -> None:
         with torch.no_grad():  # a different model each epoch, so "which epoch" is visible in predictions
             for parameter in model.parameters():
                 parameter.add_(0.01 * epoch * config["lr"] * 100)
-        folder = Path(tempfile.mkdtemp(prefix=f"ckpt{epoch}-", dir=tune.get_context().get_trial_dir()))
-        torch.save({"epoch": epoch}, folder / "state.pt")
-        save_model_file(folder / "model.pt", model=model, cfg=cfg, threshold=0.5, metrics={"val_f2": value})
+        checkpoint = Path(tempfile.mkdtemp(prefix=f"ckpt{epoch}-", dir=tune.get_context().get_trial_dir()))
+        torch.save({"epoch": epoch}, checkpoint / "state.pt")
+        save_model_file(checkpoint / "model.pt", model=model, cfg=cfg, threshold=0.5, metrics={"val_f2": value})
+        if folder is not None and all(value >= h["val_f2"] for h in history):  # a new best (ties: the later)
+            tomograms = tiny_tomograms(folder)
+            heatmaps = {t.tomo_id: predict_volume(model, normalize(t.volume(), "fixed"), patch_size=PATCH,
+                                                  stride=cfg.model.stride, overlap=0.0, batch_size=1, device="cpu")
+                        for t in tomograms}
+            validation_png(tomograms, heatmaps, checkpoint / VALIDATION_PICTURE, threshold=0.5,
+                           stride=cfg.model.stride, nms_radius_a=cfg.validation.nms_radius_a, normalization="fixed")
         metrics = {"epoch": epoch, "val_f2": value, "train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch}
         history.append(metrics)  # the objective so far, reported as the real trainable does
-        tune.report({**metrics, **Objective().report(history)}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        tune.report({**metrics, **Objective().report(history)},
+                    checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
 
 
 def tiny_tomograms(folder: str, cfg: Any = None) -> list[Any]:
@@ -111,12 +123,10 @@ def run_tiny_search(folder: Path, *, name: str = "tiny", tracking_uri: str | Non
     space_file.write_text(f"name: {name}\nexperiment: tiny.yaml\nmetric: val_f2\nmode: max\n")
     with SearchRun.start(name=name, objective=Objective(), space_file=space_file, tracking_uri=uri,
                          ray_address="local", storage_path=str(folder / "ray")) as search:
-        callback = search.trial_callback(
-            max_epochs=EPOCHS, resolve_config=lambda params: tiny_config().to_dict(),
-            validation_tomograms=functools.partial(tiny_tomograms, str(folder)) if pictures else None)
+        callback = search.trial_callback(max_epochs=EPOCHS, resolve_config=lambda params: tiny_config().to_dict())
         points = [{"case": case, "lr": CASES[case]["lr"]} for case in cases]  # exactly these trials, in order
         tuner = tune.Tuner(
-            tiny_trainable,
+            tune.with_parameters(tiny_trainable, folder=str(folder) if pictures else None),
             param_space={"case": tune.choice(list(cases)), "lr": tune.loguniform(1e-4, 1e-1)},
             tune_config=tune.TuneConfig(metric="val_f2", mode="max", num_samples=len(points),
                                         search_alg=BasicVariantGenerator(points_to_evaluate=points),

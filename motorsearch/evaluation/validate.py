@@ -39,7 +39,7 @@ Coordinates are voxels (z, y, x) of the cached (resampled) grid; spacings are Å
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,12 +70,15 @@ class ValidationResult:
         score: the F2 Score at that threshold, with TP/FP/FN counts.
         candidates: tomo_id -> up to ``validation.max_motors`` candidates, strongest first
             (empty list when the heatmap is empty).
+        heatmaps: tomo_id -> the probability heatmap at the training spacing, on the model's
+            output grid (small: 1/stride³ of the tomogram), e.g. for the validation picture.
     """
 
     metrics: dict[str, float]
     threshold: float
     score: Score
     candidates: dict[str, list[Candidate]]
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def validate(
@@ -111,6 +114,7 @@ def validate(
     truth: dict[str, np.ndarray] = {}
     spacing: dict[str, float] = {}
     candidates: dict[str, list[Candidate]] = {}
+    heatmaps: dict[str, np.ndarray] = {}
     dice, losses, topk_hits = [], [], []
     for tomogram in tomograms:
         tomo_id = tomogram.tomo_id
@@ -130,6 +134,7 @@ def validate(
             tta=cfg.test_time.tta)
         del volume
         prob = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        heatmaps[tomo_id] = prob
         if under_test is None:
             candidates[tomo_id] = find_peaks(
                 prob, stride=stride, max_peaks=cfg.validation.max_motors,
@@ -163,7 +168,8 @@ def validate(
     }
     if loss_fn is not None:
         metrics["val_loss"] = float(np.mean(losses))
-    return ValidationResult(metrics=metrics, threshold=float(threshold), score=score, candidates=candidates)
+    return ValidationResult(metrics=metrics, threshold=float(threshold), score=score, candidates=candidates,
+                            heatmaps=heatmaps)
 
 
 def _test_conditions(model: torch.nn.Module, cfg: ExperimentConfig,

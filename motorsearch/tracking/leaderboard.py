@@ -335,7 +335,7 @@ def param_importance_png(study: Any, path: Path) -> Path | None:
     import optuna
     from matplotlib.figure import Figure
 
-    from motorsearch.tracking.pictures import save_png
+    from motorsearch.evaluation.pictures import save_png
 
     try:
         importances = optuna.importance.get_param_importances(study)

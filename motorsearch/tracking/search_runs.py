@@ -65,6 +65,7 @@ from ray.tune import Callback
 
 from motorsearch import __version__
 from motorsearch.errors import InputError
+from motorsearch.evaluation.pictures import VALIDATION_PICTURE
 from motorsearch.objective import Objective, is_better
 from motorsearch.tracking import schema
 from motorsearch.tracking.drivers import settle_dead_searches, this_driver
@@ -82,13 +83,6 @@ _RAY_KEYS = frozenset({
 _MLFLOW_RUN_STATUS = {schema.FINISHED: "FINISHED", schema.EARLY_STOPPED: "FINISHED",
                       schema.ERRORED: "FAILED", schema.INTERRUPTED: "KILLED"}
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a database file by default
-
-
-def validation_tomograms_from_cache(cfg: Any) -> list[Any]:
-    """The validation fold of ``cfg``'s data cache (built before the trials, so this only reads it)."""
-    from motorsearch.data.cache import prepare
-
-    return prepare(cfg.data).val_tomograms(cfg.data.fold)
 
 
 @dataclass
@@ -195,8 +189,7 @@ class SearchRun:
 
     def trial_callback(self, *, max_epochs: int | None = None,
                        resolve_config: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                       validation_tomograms: Callable[[Any], Sequence[Any]] | None = validation_tomograms_from_cache,
-                       validation_n: int = 3, background: bool = True) -> TrialTracker:
+                       background: bool = True) -> TrialTracker:
         """The Ray Tune callback that makes this search's child runs; pass it in ``RunConfig(callbacks=[...])``.
 
         Each new child run's id goes to its Optuna trial (user attribute ``mlflow_run_id``) when
@@ -206,7 +199,7 @@ class SearchRun:
         callback = TrialTracker(
             tracking_uri=self.tracking_uri, experiment_id=self.experiment_id, parent_run_id=self.run_id,
             objective=self.objective, max_epochs=max_epochs, resolve_config=resolve_config,
-            validation_tomograms=validation_tomograms, validation_n=validation_n, background=background,
+            background=background,
             study=study)
         self.callbacks.append(callback)
         return callback
@@ -311,18 +304,14 @@ class TrialTracker(Callback):
     def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, objective: Objective,
                  max_epochs: int | None = None,
                  resolve_config: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                 validation_tomograms: Callable[[Any], Sequence[Any]] | None = None,
-                 validation_n: int = 3, background: bool = True, study: tuple[str, str] | None = None,
+                 background: bool = True, study: tuple[str, str] | None = None,
                  labels: Callable[[dict[str, Any]], TrialLabels] | None = None):
         if max_epochs is not None and max_epochs < 1:
             raise ValueError(f"max_epochs must be at least 1, but got max_epochs={max_epochs}.")
-        if validation_n < 1:
-            raise ValueError(f"validation_n must be at least 1, but got validation_n={validation_n}.")
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.objective, self.max_epochs, self.study = objective, max_epochs, study
         self.metric, self.mode = objective.metric, objective.mode
-        self.resolve_config, self.validation_tomograms, self.validation_n = (
-            resolve_config, validation_tomograms, validation_n)
+        self.resolve_config = resolve_config
         self.background, self.labels = background, labels
         self._trials: dict[str, _Trial] = {}
         self._client: MlflowClient | None = None
@@ -495,7 +484,7 @@ class TrialTracker(Callback):
 
     def _log_trial_end(self, client: MlflowClient, run_id: str, record: _Trial, checkpoints: list,
                        tmp: Path) -> None:
-        from motorsearch.tracking.pictures import training_curves_png, validation_png
+        from motorsearch.tracking.pictures import training_curves_png
 
         # The objective's epoch first; should its checkpoint be gone, the next best that still exists.
         objective_epoch = record.objective[1] if record.objective else None
@@ -527,12 +516,8 @@ class TrialTracker(Callback):
         if history:
             curves = training_curves_png(history, tmp / "training_curves.png", best_epoch=objective_epoch)
             client.log_artifact(run_id, str(curves), str(Path(schema.CURVES_PNG).parent))
-        if best_file is not None and self.validation_tomograms is not None:
-            from motorsearch.model_file import load_model_file
-
-            cfg = load_model_file(best_file).experiment_config()
-            tomograms = list(self.validation_tomograms(cfg))
-            picture = validation_png(best_file, tomograms, tmp / "validation.png", n=self.validation_n)
+        picture = _stage_picture(best[2], tmp / VALIDATION_PICTURE) if best is not None else None
+        if picture is not None:  # drawn by the trial when the epoch was its best so far
             client.log_artifact(run_id, str(picture), str(Path(schema.VALIDATION_PNG).parent))
 
 
@@ -642,6 +627,20 @@ def _stage_first(candidates: list, folder: Path) -> tuple[tuple[int, float, Any]
         except FileNotFoundError as exc:
             logger.warning("MLflow: skipping a checkpoint that is gone: %s", exc)
     return None, None
+
+
+def _stage_picture(checkpoint: Any, target: Path) -> Path | None:
+    """Copy the checkpoint's validation picture to ``target``; None when it has none (not a best epoch,
+    or a checkpoint that is gone)."""
+    try:
+        with checkpoint.as_directory() as directory:
+            source = Path(directory) / VALIDATION_PICTURE
+            if not source.is_file():
+                return None
+            shutil.copyfile(source, target)
+    except OSError:
+        return None
+    return target
 
 
 def _stage_model_file(checkpoint: Any, folder: Path) -> Path:

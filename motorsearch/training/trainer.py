@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from motorsearch.atomic import copy_folder
 from motorsearch.config import ExperimentConfig, from_dict
 from motorsearch.errors import DataError, TrainingDiverged
+from motorsearch.evaluation.pictures import VALIDATION_PICTURE
 from motorsearch.objective import Objective, is_better
 from motorsearch.training.checkpoint import (
     MODEL_FILE,
@@ -285,7 +286,13 @@ def _fit(cfg: ExperimentConfig, *, workdir: Path, report: ReportFn | None, resum
             "best": tracker.state(), "rng": rng_state(torch_device), "config": cfg.to_dict(),
         }
         folder = checkpoints / checkpoint_name(epoch)
-        write_checkpoint(folder, state, lambda path, r=result, m=metrics: _write_model(path, model, cfg, r, m))
+
+        def write_files(path: Path, r: Any = result, m: dict[str, float] = metrics, best: bool = improved) -> None:
+            _write_model(path, model, cfg, r, m)
+            if best:  # the validation picture of each new best epoch, from the heatmaps just computed
+                _write_picture(path.parent / VALIDATION_PICTURE, val_tomograms, r, cfg)
+
+        write_checkpoint(folder, state, write_files)
         last_dir = folder
         if improved:
             tracker.folder = folder
@@ -360,6 +367,13 @@ def _write_model(path: Path, model: torch.nn.Module, cfg: ExperimentConfig, resu
 
     save_model_file(path, model=model, cfg=cfg, threshold=result.threshold, metrics=metrics,
                     extra={"epoch": int(metrics["epoch"])}, quantile=metrics["val_positive_rate"] or None)
+
+
+def _write_picture(path: Path, tomograms: Any, result: Any, cfg: ExperimentConfig) -> None:
+    from motorsearch.evaluation.pictures import validation_png
+
+    validation_png(tomograms, result.heatmaps, path, threshold=result.threshold, stride=cfg.model.stride,
+                   nms_radius_a=cfg.validation.nms_radius_a, normalization=cfg.data.normalization)
 
 
 def _prune(checkpoints: Path, *, keep: set[Path | None]) -> None:
