@@ -356,9 +356,23 @@ def check_path(dotted: str, *, where: str) -> None:
 
 def from_dict(raw: dict[str, Any] | None, *, source: str = "<config>") -> ExperimentConfig:
     """Build and validate an ExperimentConfig from a nested dict; errors name ``source`` and the key."""
-    config = _build(ExperimentConfig, raw or {}, prefix="", source=source)
-    _validate_tree(config, prefix="", source=source)
-    return config
+    return build_typed(ExperimentConfig, raw or {}, source=source, noun="config key")
+
+
+def build_typed(cls: type, raw: Any, *, source: str, noun: str = "key", prefix: str = "") -> Any:
+    """The one typed YAML reader, for the experiment config and the space file alike: build the
+    dataclass ``cls`` from the mapping ``raw`` and validate it (each dataclass's ``validate()``).
+
+    Fields are typed by their annotations: ``bool``, ``int`` (ints only), ``float`` (ints widen;
+    YAML 1.1's "1e-3" string read as the number, :func:`yaml_number`), ``str``, ``Literal[...]``
+    (one of the listed values, with a did-you-mean), ``list[T]``, ``dict`` (a mapping, kept as it
+    is), ``Any``, optional (``T | None``) and nested dataclasses (a section; ``None`` for an optional
+    one left out or null). An unknown key is refused with a did-you-mean naming the ``noun``
+    ("config key", "key"). Errors are ConfigError: "``source``: `key` must RULE, but got key=VALUE."
+    """
+    built = _build(cls, raw, prefix=prefix, source=source, noun=noun)
+    _validate_tree(built, prefix=prefix, source=source)
+    return built
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -435,25 +449,39 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
+def _build(cls: type, raw: Any, *, prefix: str, source: str, noun: str = "config key") -> Any:
     if not isinstance(raw, dict):
         section = prefix.rstrip(".") or "the top level"
-        raise ConfigError(f"{source}: `{section}` must be a mapping, but got {raw!r}.")
+        shown = f"{section}={raw!r}" if prefix else repr(raw)
+        raise ConfigError(f"{source}: `{section}` must be a mapping, but got {shown}.")
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'.{did_you_mean(str(key), names)}")
+            raise ConfigError(f"{source}: unknown {noun} '{prefix}{key}'."
+                              f"{did_you_mean(f'{prefix}{key}', [f'{prefix}{n}' for n in names])}")
     kwargs = {}
     for name in names:
         if name not in raw:
             continue
         annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, raw[name], prefix=f"{prefix}{name}.", source=source)
+        section = _section_type(annotation)
+        if section is not None:
+            kwargs[name] = None if raw[name] is None and section is not annotation else _build(
+                section, raw[name], prefix=f"{prefix}{name}.", source=source, noun=noun)
         else:
             kwargs[name] = _coerce(raw[name], annotation, key=f"{prefix}{name}", source=source)
     return cls(**kwargs)
+
+
+def _section_type(annotation: Any) -> type | None:
+    """The dataclass a field holds (``Section`` or ``Section | None``); None for a plain value."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)]
+        return sections[0] if sections else None
+    return None
 
 
 def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
@@ -472,6 +500,19 @@ def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value in choices and type(value) in {type(c) for c in choices}:
+            return value
+        shown = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"{source}: `{key}` must be one of {shown}, but got {key}={value!r}."
+                          f"{did_you_mean(str(value), [str(c) for c in choices])}")
+    if annotation is Any:
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, "a mapping", source)
+        return value
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
@@ -508,7 +549,7 @@ def _validate_tree(node: Any, *, prefix: str, source: str) -> None:
         if dataclasses.is_dataclass(child):
             _validate_tree(child, prefix=f"{prefix}{f.name}.", source=source)
     try:
-        node.validate()
+        getattr(node, "validate", lambda: None)()
     except FieldError as exc:
         key = exc.name if "." in exc.name else f"{prefix}{exc.name}"
         raise ConfigError(f"{source}: `{key}` {exc.rule}, but got {key}={exc.value!r}.") from None

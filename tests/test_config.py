@@ -30,7 +30,7 @@ def test_yaml_and_overrides_are_typed(tmp_path):
 @pytest.mark.parametrize(
     ("text", "overrides", "message"),
     [
-        ("optim:\n  lrr: 1\n", [], "unknown config key 'optim.lrr'. Did you mean 'lr'?"),
+        ("optim:\n  lrr: 1\n", [], "unknown config key 'optim.lrr'. Did you mean 'optim.lr'?"),
         ("", ["optim.lrr=1"], "unknown config key 'optim.lrr'. Did you mean 'optim.lr'?"),
         ("", ["optim.epochs=two"], "`optim.epochs` must be an int, but got optim.epochs='two'."),
         ("", ["optim.epochs=1.5"], "`optim.epochs` must be an int"),

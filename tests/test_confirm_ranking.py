@@ -72,8 +72,11 @@ def _space(tmp_path, confirm):
 
 
 def test_the_space_file_confirm_section(tmp_path):
-    assert load_space(_space(tmp_path, {"top_k": 2, "folds": "all"})).confirm == ConfirmSpec(2, None)
-    assert load_space(_space(tmp_path, {"folds": [1, 2]})).confirm == ConfirmSpec(3, (1, 2))
+    every = load_space(_space(tmp_path, {"top_k": 2, "folds": "all"})).confirm
+    assert every == ConfirmSpec(2, "all") and every.fold_list is None
+    listed = load_space(_space(tmp_path, {"folds": [1, 2]})).confirm
+    assert listed == ConfirmSpec(3, [1, 2]) and listed.fold_list == [1, 2]
+    assert load_space(_space(tmp_path, None)).confirm is None
 
 
 @pytest.mark.parametrize(("confirm", "message"), [

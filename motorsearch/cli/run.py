@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +114,7 @@ def confirm_phase(space: SearchSpace, search: SearchRun) -> None:
     if top_k < space.confirm.top_k:
         print(f"confirm: only {finished} trial(s) finished; confirming those (confirm.top_k={space.confirm.top_k})")
     print()
-    plan = plan_confirmation(client, parent, top_k=top_k, folds=list(space.confirm.folds or []) or None,
+    plan = plan_confirmation(client, parent, top_k=top_k, folds=space.confirm.fold_list,
                              resources=space.resources.as_ray(), max_concurrent=space.max_concurrent,
                              max_failures=space.max_failures, storage_path=space.storage_path, address=space.address)
     table = run_confirmation(plan)
@@ -165,11 +166,12 @@ def search_settings(space: SearchSpace, space_file: str | Path) -> dict[str, Any
 
 
 def tracked_search(space: SearchSpace, *, space_file: str | Path, points_to_evaluate: list[dict] | None = None,
-                   resume: bool = False, out: Any = None,
-                   tracking_origin: str | None = None) -> tuple[SearchOutcome, SearchRun]:
+                   resume: bool = False, out: Any = None, tracking_origin: str | None = None,
+                   trainable: Callable[..., None] | None = None) -> tuple[SearchOutcome, SearchRun]:
     """Run the search ``space`` with its MLflow parent run, a child run per trial and the Optuna
     study linked to them: what ``run`` does before it prints. Refusals come first, in the order they
-    cost (see the module docstring); the parent run opens only once the search is sure to start."""
+    cost (see the module docstring); the parent run opens only once the search is sure to start.
+    ``trainable``: what each trial runs (see :func:`run_search`; None: real training)."""
     from motorsearch.search.runner import check_search, prepare_search, run_search
     from motorsearch.search.study import study_url
     from motorsearch.tracking import schema
@@ -186,7 +188,7 @@ def tracked_search(space: SearchSpace, *, space_file: str | Path, points_to_eval
         # each trial's own optim.epochs (resolved from its config) tells finished from stopped
         callback = search.trial_callback(resolve_config=lambda values: space.trial_config(values).to_dict())
         outcome = run_search(space, callbacks=[callback], points_to_evaluate=points_to_evaluate, resume=resume,
-                             out=out, cluster=cluster)
+                             out=out, cluster=cluster, trainable=trainable)
         if not outcome.complete:
             search.status = schema.SEARCH_INTERRUPTED
     return outcome, search

@@ -13,17 +13,13 @@ parameter reads the base experiment's value.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from motorsearch.config import (
-    ExperimentConfig,
-    from_dict,
-    get_dotted,
-    set_dotted,
-)
+from motorsearch.config import ExperimentConfig, from_dict, get_dotted, require, set_dotted
 from motorsearch.errors import ConfigError
 from motorsearch.objective import Objective
 
@@ -72,6 +68,13 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
 
+    def validate(self) -> None:
+        require(math.isfinite(self.cpu) and self.cpu > 0, "cpu", "must be positive", self.cpu)
+        require(math.isfinite(self.gpu) and self.gpu >= 0, "gpu", "cannot be negative", self.gpu)
+        # fit trains on one device: a second card would sit reserved and idle
+        require(self.gpu <= 1, "gpu", "must be at most 1 (a trial trains on one GPU; use fractions such as 0.25 to "
+                "share a card)", self.gpu)
+
     def as_ray(self) -> dict[str, float]:
         return {"cpu": self.cpu, "gpu": self.gpu}
 
@@ -80,19 +83,29 @@ class Resources:
 class SchedulerSpec:
     """``type: asha`` stops poor trials at rungs of ``grace_period * reduction_factor**k`` epochs."""
 
-    type: str = "asha"
+    type: Literal[SCHEDULERS] = "asha"
     max_epochs: int | None = None
     grace_period: int = 1
     reduction_factor: float = 3.0
+
+    def validate(self) -> None:
+        require(self.max_epochs is None or self.max_epochs >= 1, "max_epochs", "must be at least 1", self.max_epochs)
+        require(self.grace_period >= 1, "grace_period", "must be at least 1", self.grace_period)
+        require(math.isfinite(self.reduction_factor) and self.reduction_factor > 1, "reduction_factor",
+                "must be greater than 1", self.reduction_factor)
 
 
 @dataclass(frozen=True)
 class SearcherSpec:
     """The Optuna sampler; ``n_startup_trials`` random trials come first (TPE, CMA-ES)."""
 
-    sampler: str = "tpe"
+    sampler: Literal[SAMPLERS] = "tpe"
     seed: int | None = None
     n_startup_trials: int = 10
+
+    def validate(self) -> None:
+        require(self.seed is None or self.seed >= 0, "seed", "must be at least 0", self.seed)
+        require(self.n_startup_trials >= 0, "n_startup_trials", "must be at least 0", self.n_startup_trials)
 
 
 @dataclass(frozen=True)
@@ -101,7 +114,18 @@ class ConfirmSpec:
     the other folds and rank them by the mean (:mod:`motorsearch.search.confirm`)."""
 
     top_k: int = 3
-    folds: tuple[int, ...] | None = None  # None: every fold
+    folds: Any = "all"  # "all", or a list of fold numbers
+
+    def validate(self) -> None:
+        require(self.top_k >= 1, "top_k", "must be at least 1", self.top_k)
+        listed = isinstance(self.folds, list) and self.folds and all(
+            isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in self.folds)
+        require(self.folds == "all" or listed, "folds", "must be all or a list of fold numbers", self.folds)
+
+    @property
+    def fold_list(self) -> list[int] | None:
+        """The folds asked for; None for every fold."""
+        return None if self.folds == "all" else list(self.folds)
 
 
 @dataclass

@@ -20,17 +20,20 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from motorsearch.config import (
     ExperimentConfig,
     apply_overrides,
+    build_typed,
     check_path,
     field_paths,
     from_dict,
     get_dotted,
     read_yaml,
+    require,
     set_dotted,
     yaml_number,
 )
@@ -39,8 +42,6 @@ from motorsearch.objective import MODES, OBJECTIVES, Objective
 from motorsearch.registry import did_you_mean
 from motorsearch.search.space import (
     PARAMETER_TYPES,
-    SAMPLERS,
-    SCHEDULERS,
     ConfirmSpec,
     Parameter,
     Resources,
@@ -52,10 +53,43 @@ from motorsearch.search.space import (
     order_parameters,
 )
 
-_TOP_KEYS = ("name", "experiment", "overrides", "metric", "mode", "objective", "num_samples", "max_concurrent", "resources",
-             "scheduler", "searcher", "tracking_uri", "storage_path", "storage_shared", "address", "max_failures",
-             "checkpoints_to_keep", "budget_epochs", "confirm", "parameters")
 _DATA_PATHS = ("data.cache_dir", "data.root", "data.labels")
+
+
+@dataclass
+class SpaceFile:
+    """The keys of a space file, typed, as :func:`motorsearch.config.build_typed` reads them (the
+    experiment config's reader); :func:`load_space` makes a :class:`SearchSpace` of them."""
+
+    name: str | None = None
+    experiment: str | None = None
+    overrides: dict = field(default_factory=dict)
+    metric: str = "val_f2"
+    mode: Literal[MODES] = "max"
+    objective: Literal[OBJECTIVES] = "best"
+    num_samples: int = 8
+    max_concurrent: int | None = None
+    resources: Resources = field(default_factory=Resources)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    searcher: SearcherSpec = field(default_factory=SearcherSpec)
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+    storage_shared: bool = False
+    address: str | None = None
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    budget_epochs: int | None = None
+    confirm: ConfirmSpec | None = None
+    parameters: Any = None  # read by _parameters, against the base experiment
+
+    def validate(self) -> None:
+        require(self.num_samples >= 1, "num_samples", "must be at least 1", self.num_samples)
+        require(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", "must be at least 1",
+                self.max_concurrent)
+        require(self.max_failures >= -1, "max_failures", "must be at least -1", self.max_failures)
+        require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be at least 1", self.checkpoints_to_keep)
+        require(self.budget_epochs is None or self.budget_epochs >= 1, "budget_epochs", "must be at least 1",
+                self.budget_epochs)
 
 
 
@@ -69,28 +103,22 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of search settings at the top level, got {raw!r}.")
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'.{did_you_mean(str(key), _TOP_KEYS)}")
     flags = {"name": name, "num_samples": num_samples, "storage_path": storage_path, "address": address,
              "storage_shared": storage_shared, "tracking_uri": tracking_uri, "budget_epochs": budget_epochs}
     raw.update({key: value for key, value in flags.items() if value is not None})
-    reader = _Reader(path, raw)
+    file = build_typed(SpaceFile, {k: v for k, v in raw.items() if not (k == "overrides" and v is None)},
+                       source=str(path))
 
-    experiment = _find_experiment(path, reader.optional("experiment", str))
+    experiment = _find_experiment(path, file.experiment)
     base_raw = {} if experiment is None else (read_yaml(experiment) or {})
     if not isinstance(base_raw, dict):
         raise ConfigError(f"{experiment}: expected a mapping of config sections at the top level.")
-    fixed = raw.get("overrides") or {}
-    if not isinstance(fixed, dict):
-        raise ConfigError(f"{path}: `overrides` must be a mapping of dotted.key: value, but got overrides={fixed!r}.")
-    for key, value in fixed.items():
+    for key, value in file.overrides.items():
         check_path(str(key), where=f"{path}: `overrides.{key}`")
         set_dotted(base_raw, str(key), value)
     apply_overrides(base_raw, list(overrides))
-    scheduler = _scheduler(reader)
-    if scheduler.max_epochs is not None:
-        set_dotted(base_raw, "optim.epochs", scheduler.max_epochs)
+    if file.scheduler.max_epochs is not None:
+        set_dotted(base_raw, "optim.epochs", file.scheduler.max_epochs)
     for key in _DATA_PATHS:
         value = get_dotted(base_raw, key)
         if isinstance(value, str) and "://" not in value:
@@ -105,25 +133,25 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
                               f"{dotted}={base.get(dotted)!r}.{did_you_mean(str(base.get(dotted)), registry)}")
 
     space = SearchSpace(
-        name=reader.optional("name", str) or path.stem,
+        name=file.name or path.stem,
         source=path,
         experiment=experiment,
         base=base,
-        parameters=_parameters(path, raw.get("parameters"), base),
-        objective=_objective(path, reader),
-        num_samples=reader.integer("num_samples", 8, minimum=1),
-        max_concurrent=reader.optional_integer("max_concurrent", minimum=1),
-        resources=_resources(reader),
-        scheduler=scheduler,
-        searcher=_searcher(reader),
-        tracking_uri=reader.optional("tracking_uri", str),
-        storage_path=_storage_path(reader.optional("storage_path", str) or "runs"),
-        storage_shared=reader.flag("storage_shared", False),
-        address=reader.optional("address", str),
-        max_failures=reader.integer("max_failures", 2, minimum=-1),
-        checkpoints_to_keep=reader.integer("checkpoints_to_keep", 2, minimum=1),
-        budget_epochs=reader.optional_integer("budget_epochs", minimum=1),
-        confirm=_confirm(reader),
+        parameters=_parameters(path, file.parameters, base),
+        objective=_objective(path, file),
+        num_samples=file.num_samples,
+        max_concurrent=file.max_concurrent,
+        resources=file.resources,
+        scheduler=file.scheduler,
+        searcher=file.searcher,
+        tracking_uri=file.tracking_uri,
+        storage_path=_storage_path(file.storage_path or "runs"),
+        storage_shared=file.storage_shared,
+        address=file.address,
+        max_failures=file.max_failures,
+        checkpoints_to_keep=file.checkpoints_to_keep,
+        budget_epochs=file.budget_epochs,
+        confirm=file.confirm,
     )
     _check_name(path, space.name)
     _check_confirm(path, space)
@@ -133,11 +161,9 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     return space
 
 
-def _objective(path: Path, reader: _Reader) -> Objective:
-    mode = reader.choice("mode", MODES, "max")
-    kind = reader.choice("objective", OBJECTIVES, "best")
+def _objective(path: Path, file: SpaceFile) -> Objective:
     try:
-        return Objective(reader.optional("metric", str) or "val_f2", mode, kind)
+        return Objective(file.metric, file.mode, file.objective)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -165,44 +191,6 @@ def _find_experiment(space_file: Path, value: str | None) -> Path | None:
     raise ConfigError(f"{space_file}: `experiment` names no file, but got experiment={value!r} (tried {tried}).")
 
 
-def _resources(reader: _Reader) -> Resources:
-    section = reader.section("resources", ("cpu", "gpu"))
-    cpu, gpu = section.number("cpu", 1.0), section.number("gpu", 0.0)
-    if not cpu > 0:
-        raise ConfigError(f"{reader.path}: `resources.cpu` must be positive, but got resources.cpu={cpu}.")
-    if gpu < 0:
-        raise ConfigError(f"{reader.path}: `resources.gpu` cannot be negative, but got resources.gpu={gpu}.")
-    if gpu > 1:  # fit trains on one device: a second card would sit reserved and idle
-        raise ConfigError(f"{reader.path}: `resources.gpu` must be at most 1 (a trial trains on one GPU; use "
-                          f"fractions such as 0.25 to share a card), but got resources.gpu={gpu:g}.")
-    return Resources(cpu=cpu, gpu=gpu)
-
-
-def _scheduler(reader: _Reader) -> SchedulerSpec:
-    section = reader.section("scheduler", ("type", "max_epochs", "grace_period", "reduction_factor"))
-    spec = SchedulerSpec(
-        type=section.choice("type", SCHEDULERS, "asha"),
-        max_epochs=section.optional_integer("max_epochs", minimum=1),
-        grace_period=section.integer("grace_period", 1, minimum=1),
-        reduction_factor=section.number("reduction_factor", 3.0),
-    )
-    if not spec.reduction_factor > 1:
-        raise ConfigError(f"{reader.path}: `scheduler.reduction_factor` must be greater than 1, but got "
-                          f"scheduler.reduction_factor={spec.reduction_factor}.")
-    return spec
-
-
-def _confirm(reader: _Reader) -> ConfirmSpec | None:
-    if reader.raw.get("confirm") is None:
-        return None
-    section = reader.section("confirm", ("top_k", "folds"))
-    folds = section.raw.get("folds", "all")
-    if folds != "all" and not (isinstance(folds, list) and folds
-                               and all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds)):
-        raise section._fail("folds", "must be all or a list of fold numbers")
-    return ConfirmSpec(top_k=section.integer("top_k", 3, minimum=1), folds=None if folds == "all" else tuple(folds))
-
-
 def _check_confirm(path: Path, space: SearchSpace) -> None:
     spec = space.confirm
     if spec is None:
@@ -211,19 +199,10 @@ def _check_confirm(path: Path, space: SearchSpace) -> None:
         raise ConfigError(f"{path}: `confirm.top_k` cannot exceed num_samples={space.num_samples}, but got "
                           f"confirm.top_k={spec.top_k}.")
     n_folds = space.base.data.n_folds
-    outside = [fold for fold in spec.folds or () if fold >= n_folds]
+    outside = [fold for fold in spec.fold_list or () if fold >= n_folds]
     if outside:
         raise ConfigError(f"{path}: `confirm.folds` must be folds of data.n_folds={n_folds} (0 to {n_folds - 1}), "
-                          f"but got confirm.folds={list(spec.folds or ())}.")
-
-
-def _searcher(reader: _Reader) -> SearcherSpec:
-    section = reader.section("searcher", ("sampler", "seed", "n_startup_trials"))
-    return SearcherSpec(
-        sampler=section.choice("sampler", SAMPLERS, "tpe"),
-        seed=section.optional_integer("seed", minimum=0),
-        n_startup_trials=section.integer("n_startup_trials", 10, minimum=0),
-    )
+                          f"but got confirm.folds={spec.fold_list}.")
 
 
 def _parameters(path: Path, raw: Any, base: ExperimentConfig) -> list[Parameter]:
@@ -397,63 +376,3 @@ def _scalar_types(annotation: Any) -> set[type]:
 
 def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-class _Reader:
-    """Typed access to one mapping of the space file; errors name the file and the dotted key."""
-
-    def __init__(self, path: Path, raw: dict[str, Any], prefix: str = ""):
-        self.path, self.raw, self.prefix = path, raw, prefix
-
-    def section(self, name: str, keys: Sequence[str]) -> _Reader:
-        raw = self.raw.get(name) or {}
-        key = f"{self.prefix}{name}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{self.path}: `{key}` must be a mapping, but got {key}={raw!r}.")
-        for item in raw:
-            if item not in keys:
-                full = [f"{key}.{k}" for k in keys]
-                raise ConfigError(f"{self.path}: unknown key '{key}.{item}'.{did_you_mean(f'{key}.{item}', full)}")
-        return _Reader(self.path, raw, f"{key}.")
-
-    def _fail(self, name: str, rule: str) -> ConfigError:
-        key = f"{self.prefix}{name}"
-        return ConfigError(f"{self.path}: `{key}` {rule}, but got {key}={self.raw[name]!r}.")
-
-    def optional(self, name: str, kind: type) -> Any:
-        value = self.raw.get(name)
-        if value is not None and not isinstance(value, kind):
-            raise self._fail(name, f"must be a {kind.__name__}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.raw.get(name, default)
-        if not isinstance(value, bool):
-            raise self._fail(name, "must be true or false")
-        return value
-
-    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
-        value = self.raw.get(name, default)
-        if value not in choices:
-            raise ConfigError(f"{self.path}: `{self.prefix}{name}` must be one of {', '.join(choices)}, but got "
-                              f"{self.prefix}{name}={value!r}.{did_you_mean(str(value), choices)}")
-        return value
-
-    def number(self, name: str, default: float) -> float:
-        value = self.raw.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self._fail(name, "must be a number")
-        return float(value)
-
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        value = self.raw.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(name, "must be an int")
-        if value < minimum:
-            raise self._fail(name, f"must be at least {minimum}")
-        return value
-
-    def optional_integer(self, name: str, *, minimum: int) -> int | None:
-        if self.raw.get(name) is None:
-            return None
-        return self.integer(name, 0, minimum=minimum)
