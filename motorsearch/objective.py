@@ -37,6 +37,11 @@ def check_mode(mode: str, *, key: str = "mode") -> str:
     return mode
 
 
+def sort_sign(mode: str) -> float:
+    """-1.0 for ``mode`` "max", 1.0 for "min": ``sign * value`` sorts the better values first (ascending)."""
+    return -1.0 if check_mode(mode) == "max" else 1.0
+
+
 def is_better(value: float, incumbent: float | None, mode: str) -> bool:
     """Whether ``value``, seen after ``incumbent``, takes its place as the best of a trial's epochs.
 

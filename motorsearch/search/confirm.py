@@ -35,7 +35,7 @@ import pandas as pd
 
 from motorsearch.config import from_dict
 from motorsearch.errors import ConfigError, InputError
-from motorsearch.objective import Objective
+from motorsearch.objective import Objective, sort_sign
 from motorsearch.tracking import schema
 
 ALL_FOLDS = "all"
@@ -214,7 +214,7 @@ def confirmation_table(plan: ConfirmPlan, scores: dict[tuple[int, int], float | 
                key: float(np.mean(values)), f"{key}_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                schema.CONFIRMED_FOLDS: len(values), "_lost": len(asked) - len(values)}
         rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
-    sign = -1.0 if plan.objective.mode == "max" else 1.0
+    sign = sort_sign(plan.objective.mode)
     rows.sort(key=lambda r: (r["_lost"], sign * r[key], r["search_rank"]))
     table = pd.DataFrame(rows).drop(columns=["_lost"])
     table.insert(0, schema.CONFIRMED_RANK, range(1, len(table) + 1))

@@ -8,6 +8,8 @@ trial``, ``mlflow.parentRunId`` = the parent). Everything that reads runs back (
 
 from __future__ import annotations
 
+from motorsearch.objective import sort_sign
+
 ROLE = "motorsearch.role"
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
@@ -96,7 +98,7 @@ def rank_key(status: str, value: float | None, epoch: int | None, mode: str) -> 
     MLflow, which adds the smaller run id last).
     """
     missing = value is None or value != value
-    sign = -1.0 if mode == "max" else 1.0
+    sign = sort_sign(mode)
     return (STATUS_RANK.get(status, len(STATUS_RANK)), missing, 0.0 if missing else sign * value,
             epoch if epoch is not None else 0)
 
