@@ -38,7 +38,11 @@ gpu-check: $(STAMP)
 	timeout 540 $(VENV)/bin/python -m benchmarks.gpu_check $(ARGS)
 
 study: $(STAMP)
-	$(VENV)/bin/python -m experiments.search_efficiency.study
+	$(VENV)/bin/python -m studies.search_efficiency.study
+
+# the second run: from a search to the final model (confirm, refit, ensemble), scored without voxel spacing
+study-v2: $(STAMP)
+	$(VENV)/bin/python -m studies.search_efficiency.study_v2
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000

@@ -10,9 +10,9 @@ import matplotlib.image
 import pytest
 import yaml
 
-from experiments.search_efficiency import analysis, study
 from motorsearch.evaluation.scoring import score_submission_csv
 from motorsearch.search.budget import EpochBudget
+from studies.search_efficiency import analysis, study
 
 
 def report(trial: str, epoch: int, value: float, at: float, arm: str = "random", seed: int = 0) -> dict:
@@ -87,7 +87,7 @@ def test_report_states_reach_fraction_and_gain_over_defaults(tmp_path: Path) -> 
         writer.writeheader()
         writer.writerows(reports)
 
-    analysis.write_all(tmp_path, command="python -m experiments.search_efficiency.study --budget 4")
+    analysis.write_all(tmp_path, command="python -m studies.search_efficiency.study --budget 4")
 
     text = (tmp_path / analysis.REPORT_MD).read_text()
     # seed 0: random ends at 0.6, TPE+ASHA has 0.6 after 1 of 4 (25%); seed 1: 0.8 after 2 of 4 (50%)
@@ -168,7 +168,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, local_ray: None) -> None:
 
 
 def test_v2_report_measures_each_goal_from_the_csvs(tmp_path: Path) -> None:
-    from experiments.search_efficiency import study_v2
+    from studies.search_efficiency import study_v2
 
     def v2(trial: str, epoch: int, value: float, at: float, arm: str, seed: int) -> dict:
         return {"arm": arm, "seed": seed, "trial": trial, "epoch": epoch, "val_ap": value, "reported_at": at}
@@ -191,7 +191,7 @@ def test_v2_report_measures_each_goal_from_the_csvs(tmp_path: Path) -> None:
         {"seed": 0, "run_id": "c", "search_rank": 3, "search_value": 0.7, "confirmed_rank": 1, "confirmed_mean": 0.8,
          "confirmed_sd": 0.1, "test_f2": 0.7}]
     study.write_rows(tmp_path / "candidates.csv", study_v2.CANDIDATE_COLUMNS, candidates)
-    text = study_v2.report(tmp_path, budget=4, command="python -m experiments.search_efficiency.study_v2")
+    text = study_v2.report(tmp_path, budget=4, command="python -m studies.search_efficiency.study_v2")
     lines = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| ")}
     assert "| pick | 0.850 [0.800–0.900] | 0.800, 0.900 |" in text
     # random's final best 0.7 is matched by TPE + ASHA's first report, after 2 of 4 trial-epochs

@@ -174,7 +174,7 @@ def report(outcomes: list[dict[str, Any]], curves: dict[str, dict[int, list[floa
         f"    {command}",
         "",
         f"Budget: {budget} trial-epochs per search; {_seed_count(curves)} seeds per arm; the arms took "
-        f"{minutes:.1f} min in all (plus about a minute, once, to simulate and cache the data). Set-up: `experiments/search_efficiency/base.yaml` and `space.yaml`; "
+        f"{minutes:.1f} min in all (plus about a minute, once, to simulate and cache the data). Set-up: `studies/search_efficiency/base.yaml` and `space.yaml`; "
         "method: `study.py`.",
         "",
         "| arm | best val F2 @25% | @50% | @100% budget | test F2 of exported model | trials | minutes |",

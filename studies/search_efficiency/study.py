@@ -1,7 +1,7 @@
 """Does the search pay? Four ways to spend one trial-epoch budget, on the built-in simulator.
 
-    python -m experiments.search_efficiency.study                # the committed study (about 60 min, 2 cores)
-    python -m experiments.search_efficiency.study --budget 480   # the same, ten times the budget (a cluster)
+    python -m studies.search_efficiency.study                # the committed study (about 60 min, 2 cores)
+    python -m studies.search_efficiency.study --budget 480   # the same, ten times the budget (a cluster)
 
 Arms, each run once per seed (``--seeds``), every trial capped at the space's ``max_epochs``:
 
@@ -38,9 +38,9 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from experiments.search_efficiency import analysis
 from motorsearch.atomic import write_text
 from motorsearch.tracking import schema
+from studies.search_efficiency import analysis
 
 HERE = Path(__file__).resolve().parent
 SPACE = HERE / "space.yaml"
@@ -215,7 +215,7 @@ def run_study(*, budget: int, seeds: list[int], arms: tuple[str, ...], out: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.search_efficiency.study",
+    parser = argparse.ArgumentParser(prog="python -m studies.search_efficiency.study",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=48, help="trial-epochs per search (default 48)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         run_study(budget=args.budget, seeds=args.seeds, arms=tuple(args.arms), out=args.out)
     given = argv if argv is not None else sys.argv[1:]
     shown = [arg for arg in given if arg not in ("--analyse-only", "--rescore")]  # the command that reproduces it
-    command = "python -m experiments.search_efficiency.study " + " ".join(shown)
+    command = "python -m studies.search_efficiency.study " + " ".join(shown)
     analysis.write_all(args.out, command=command.strip())
     print(f"report: {args.out / analysis.REPORT_MD}")
     return 0

@@ -1,7 +1,7 @@
 """The study's second run: from a search to the final model, scored as the test is posed.
 
-    python -m experiments.search_efficiency.study_v2                 # 3 seeds (about an hour on 2 cores)
-    python -m experiments.search_efficiency.study_v2 --analyse-only  # the report again from the CSVs
+    python -m studies.search_efficiency.study_v2                 # 3 seeds (about an hour on 2 cores)
+    python -m studies.search_efficiency.study_v2 --analyse-only  # the report again from the CSVs
 
 What the first run's report asked for: validation that does not saturate (``base_v2.yaml``: 16
 harder tomograms per fold, scored without their voxel spacing), the threshold-free objective
@@ -40,9 +40,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from experiments.search_efficiency import analysis
-from experiments.search_efficiency.study import append_rows, arm_space, exported_trial, test_score, trial_reports
 from motorsearch.atomic import write_text
+from studies.search_efficiency import analysis
+from studies.search_efficiency.study import append_rows, arm_space, exported_trial, test_score, trial_reports
 
 HERE = Path(__file__).resolve().parent
 SPACE = HERE / "space_v2.yaml"
@@ -233,7 +233,7 @@ def report(out: Path, *, budget: int, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.search_efficiency.study_v2",
+    parser = argparse.ArgumentParser(prog="python -m studies.search_efficiency.study_v2",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=36, help="trial-epochs per search (default 36)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_seed(seed, budget=args.budget, out=args.out, log=sys.stdout, space_file=args.space)
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--analyse-only"]
     write_text(args.out / "REPORT.md", report(args.out, budget=args.budget,
-                                              command=" ".join(["python -m experiments.search_efficiency.study_v2",
+                                              command=" ".join(["python -m studies.search_efficiency.study_v2",
                                                                 *given]).strip()))
     print(f"report: {args.out / 'REPORT.md'}")
     return 0

@@ -1,0 +1,1 @@
+"""Studies: measured questions about motorsearch itself (``python -m studies.<name>.study``)."""
