@@ -10,7 +10,7 @@ SEARCH ?= demo
 STUDY ?= sqlite:///$(CURDIR)/runs/$(SEARCH)/optuna.db
 RAY_DASHBOARD_PORT ?= 8265
 
-.PHONY: demo test bench gpu-check study mlflow-ui optuna-dashboard ray-start ray-stop
+.PHONY: demo test bench gpu-check study study-v2 mlflow-ui optuna-dashboard ray-start ray-stop
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
