@@ -54,6 +54,9 @@ from motorsearch.search.space import (
 )
 
 _DATA_PATHS = ("data.cache_dir", "data.root", "data.labels")
+# SpaceFile keys that a SearchSpace holds as the file gives them
+_AS_WRITTEN = ("num_samples", "max_concurrent", "resources", "scheduler", "searcher", "tracking_uri", "storage_shared",
+               "address", "max_failures", "checkpoints_to_keep", "budget_epochs", "confirm")
 
 
 @dataclass
@@ -139,19 +142,8 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         base=base,
         parameters=_parameters(path, file.parameters, base),
         objective=_objective(path, file),
-        num_samples=file.num_samples,
-        max_concurrent=file.max_concurrent,
-        resources=file.resources,
-        scheduler=file.scheduler,
-        searcher=file.searcher,
-        tracking_uri=file.tracking_uri,
         storage_path=_storage_path(file.storage_path or "runs"),
-        storage_shared=file.storage_shared,
-        address=file.address,
-        max_failures=file.max_failures,
-        checkpoints_to_keep=file.checkpoints_to_keep,
-        budget_epochs=file.budget_epochs,
-        confirm=file.confirm,
+        **{name: getattr(file, name) for name in _AS_WRITTEN},
     )
     _check_name(path, space.name)
     _check_confirm(path, space)
