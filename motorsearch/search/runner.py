@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,13 +139,16 @@ def prepare_search(space: SearchSpace, *, out: Any = None) -> ClusterInfo:
 
 def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_evaluate: list[dict] | None = None,
                resume: bool = False, verbose: int = 1, out: Any = None,
-               cluster: ClusterInfo | None = None) -> SearchOutcome:
+               cluster: ClusterInfo | None = None, trainable: Callable[..., None] | None = None) -> SearchOutcome:
     """Run (or with ``resume`` continue) the search ``space`` describes; see the module docstring.
 
     ``points_to_evaluate``: configurations tried first, as ``{dotted.path: value}`` over the
     sampled parameters (Optuna enqueues them; parameters left out are sampled).
     ``out``: where progress lines go (default stdout).
     ``cluster``: given when the caller already ran :func:`check_search` and :func:`prepare_search`.
+    ``trainable``: the function each trial runs, called as ``trainable(config, setup=TrialSetup)``;
+    None is :func:`train_trial`, real training. A stand-in serves benchmarks of the search machinery
+    (``benchmarks/bench_scale.py``: trials that sleep instead of training).
     """
     from ray import tune
 
@@ -158,11 +161,11 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
     setup = TrialSetup(base=space.base.to_dict(), objective=space.objective, cpus=space.resources.cpu,
                        trial_root=None if is_uri(path) else path, fault_epoch=fault_epoch_from_env(),
                        fault_raise=fault_raise_from_env())
-    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), space.resources.as_ray())
+    runnable = tune.with_resources(tune.with_parameters(trainable or train_trial, setup=setup), space.resources.as_ray())
     study_storage = study_url(space)
     if resume:
         reopen_waiting(study_storage, space.name)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(path, runnable, resume_unfinished=True, resume_errored=True)
         if callbacks:  # saved ones may be stale
             tuner._local_tuner.get_run_config().callbacks = result_loggers(callbacks)
         print(f"resuming the search at {path}", file=out)
@@ -170,7 +173,7 @@ def run_search(space: SearchSpace, *, callbacks: Sequence[Any] = (), points_to_e
         new_folder = not is_uri(path) and not Path(path).exists()
         try:
             remove_stale_study(study_storage)
-            tuner = tune.Tuner(trainable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
+            tuner = tune.Tuner(runnable, tune_config=_tune_config(space, study_storage, points_to_evaluate),
                                run_config=_run_config(space, callbacks, verbose))
         except BaseException:  # nothing ran: the folder this call made (the study file) goes
             if new_folder:
