@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# the shared tiny tracked search (fixtures `search`, `client`) of the tracking and export tests
+pytest_plugins = ["tracking_helpers"]
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # spinning OpenMP threads run many times slower on a shared machine (see motorsearch/__main__.py)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

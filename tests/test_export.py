@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from tracking_helpers import checkpoint_model_file, shared_search, trial_runs_by_case
+from tracking_helpers import checkpoint_model_file, trial_runs_by_case
 
 from motorsearch.cli import main
 from motorsearch.errors import ModelFileError
@@ -23,16 +23,6 @@ from motorsearch.objective import Objective
 from motorsearch.tracking import schema
 from motorsearch.tracking.export import CHAMPION, export_best, pick_trial
 from motorsearch.tracking.search_runs import SearchRun
-
-
-@pytest.fixture(scope="module")
-def search():
-    return shared_search()
-
-
-@pytest.fixture(scope="module")
-def client(search):
-    return MlflowClient(search.tracking_uri)
 
 
 @pytest.fixture(scope="module")

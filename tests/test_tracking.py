@@ -19,9 +19,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 from PIL import Image
-from tracking_helpers import CASES, EPOCHS, checkpoint_model_file, shared_search, trial_runs_by_case
+from tracking_helpers import CASES, EPOCHS, checkpoint_model_file, trial_runs_by_case
 
 from motorsearch.cli import main
 from motorsearch.errors import InputError
@@ -38,16 +37,6 @@ EXPECTED = {  # case: (status, best val_f2, best epoch, last epoch)
     "short": (schema.EARLY_STOPPED, 0.9, 1, 1),
     "crash": (schema.ERRORED, 0.95, 1, 1),
 }
-
-
-@pytest.fixture(scope="module")
-def search():
-    return shared_search()
-
-
-@pytest.fixture(scope="module")
-def client(search):
-    return MlflowClient(search.tracking_uri)
 
 
 @pytest.fixture(scope="module")

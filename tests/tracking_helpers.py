@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from motorsearch.objective import Objective
 
@@ -160,6 +161,20 @@ def shared_search() -> TinySearch:
     folder = Path(tempfile.mkdtemp(prefix="motorsearch-tracking-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return run_tiny_search(folder)
+
+
+@pytest.fixture(scope="module")
+def search() -> TinySearch:
+    """The shared tiny search (fixture of the tracking and export tests, via ``pytest_plugins``)."""
+    return shared_search()
+
+
+@pytest.fixture(scope="module")
+def client(search: TinySearch) -> Any:
+    """An MLflow client of the shared tiny search's tracking database."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(search.tracking_uri)
 
 
 def checkpoint_model_file(search: TinySearch, case: str, epoch: int) -> Path:
