@@ -73,6 +73,7 @@ def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 def test_a_local_search_ray_listens_on_127_0_0_1_only_and_its_token_is_private(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes its token under the home folder
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # token authentication on, as for a user
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster a plain ray.init() would try to join
     info = connect_ray()
     try:
         assert info.started_here and info.dashboard_url.startswith("http://127.0.0.1:")

@@ -1,7 +1,8 @@
 """Where a search runs: start or join Ray, and refuse set-ups that can never work.
 
 - ``connect_ray``: a local Ray instance by default, every port it opens bound to 127.0.0.1 (GCS,
-  raylet, workers, dashboard, dashboard agent and its metrics endpoint); or join an existing
+  raylet, workers, dashboard, dashboard agent and its metrics endpoint), even when another Ray
+  runs on the machine or ``RAY_ADDRESS`` names one; or join an existing
   cluster (``address: auto`` or ``HOST:PORT``) as it is configured; or reuse the instance this
   process already started (tests, notebooks).
 - ``local_node``: what a local Ray started here would offer, known before starting it.
@@ -78,7 +79,9 @@ def connect_ray(address: str | None = None, *, dashboard: bool = True) -> Cluste
         # Spinning OpenMP threads run several times slower when trials share cores (measured 6x on
         # 2 cores); trial workers load torch before our code runs, so it must come from the job env.
         worker_env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        options: dict[str, Any] = {"address": address, "log_to_driver": True,
+        # "local", not None: ray.init(address=None) joins whatever cluster RAY_ADDRESS or the last `ray start`
+        # on this machine names (another user's, a test's), without its localhost binding; joining is --address's
+        options: dict[str, Any] = {"address": address or "local", "log_to_driver": True,
                                    "runtime_env": {"env_vars": worker_env}}
         if address is None:
             options.update(include_dashboard=dashboard, dashboard_host=LOCALHOST)
