@@ -187,8 +187,10 @@ def _machine_busy_seconds() -> float:
 
 
 def run(*, nodes: int = 16, gpus_per_node: int = 1, trials: int = 256, epochs: int = 4, epoch_seconds: float = 1.0,
-        sampler: str = "tpe", workdir: str | Path | None = None, out: Any = None) -> list[dict]:
-    """Run the simulation; rows ``{metric, value, unit, note}`` (see the module docstring)."""
+        sampler: str = "tpe", tracking_uri: str | None = None, workdir: str | Path | None = None,
+        out: Any = None) -> list[dict]:
+    """Run the simulation; rows ``{metric, value, unit, note}`` (see the module docstring).
+    ``tracking_uri``: MLflow's (default: a SQLite file in ``workdir``, as ``run`` makes one in its folder)."""
     import mlflow
     import optuna
     import ray
@@ -214,7 +216,8 @@ def run(*, nodes: int = 16, gpus_per_node: int = 1, trials: int = 256, epochs: i
             cluster.add_node(**node_args)
         cluster.wait_for_nodes()
         space_file = _write_space(folder, trials=trials, epochs=epochs, slots=nodes * gpus_per_node, sampler=sampler,
-                                  address=cluster.address)
+                                  address=cluster.address,
+                                  tracking_uri=tracking_uri or f"sqlite:///{folder / 'mlflow.db'}")
         space = load_space(space_file)
         prepare(space.base.data)  # a one-time cost outside the timed span (trials never read it)
         timings = Timings()
@@ -343,7 +346,8 @@ def _reports(tracking_uri: str, parent_run_id: str) -> list[dict[str, float]]:
     return reports
 
 
-def _write_space(folder: Path, *, trials: int, epochs: int, slots: int, sampler: str, address: str) -> Path:
+def _write_space(folder: Path, *, trials: int, epochs: int, slots: int, sampler: str, address: str,
+                 tracking_uri: str) -> Path:
     space = {
         "name": "scale",
         "experiment": str(REPO / "experiments" / "synthetic_demo.yaml"),
@@ -356,7 +360,7 @@ def _write_space(folder: Path, *, trials: int, epochs: int, slots: int, sampler:
         "searcher": {"sampler": sampler, "seed": 0, "n_startup_trials": 10},
         "storage_path": str(folder / "runs"),
         "storage_shared": True,  # every raylet is on this machine: the folder is shared
-        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+        "tracking_uri": tracking_uri,
         "address": address,
         "max_failures": 0,
         "parameters": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
@@ -394,13 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per trial (default 4)")
     parser.add_argument("--epoch-seconds", type=float, default=1.0, help="sleep per epoch (default 1.0)")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "random"), help="Optuna sampler (default tpe)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. an `mlflow server` (default: SQLite in the "
+                        "work folder)")
     parser.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=DEFAULT_REPORT, help="the report (default %(default)s)")
     parser.add_argument("--no-report", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     rows = run(nodes=args.nodes, gpus_per_node=args.gpus_per_node, trials=args.trials, epochs=args.epochs,
-               epoch_seconds=args.epoch_seconds, sampler=args.sampler, workdir=args.workdir)
+               epoch_seconds=args.epoch_seconds, sampler=args.sampler, tracking_uri=args.tracking_uri,
+               workdir=args.workdir)
     print(format_table(rows))
     if not args.no_report:
         from benchmarks.report import machine
