@@ -2,7 +2,7 @@
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from motorsearch.errors import ConfigError
 
@@ -23,3 +23,21 @@ def lookup(registry: Mapping[str, T], name: str, *, key: str) -> T:
     raise ConfigError(
         f"`{key}` must be one of {choices}, but got {key}={name!r}.{did_you_mean(name, registry)}"
     )
+
+
+def config_registries() -> dict[str, Mapping[str, Any]]:
+    """The config fields whose values name registry entries: checked when a config is loaded for
+    training or a search, before any data is prepared (a trial would only fail when it builds them)."""
+    from motorsearch.losses import LOSSES
+    from motorsearch.model.presets import PRESETS
+
+    return {"loss.name": LOSSES, "model.preset": PRESETS}
+
+
+def check_registered(cfg: Any, *, source: str) -> None:
+    """ConfigError (naming ``source``, the key and the choices) when ``cfg`` names an unknown loss or preset."""
+    for dotted, registry in config_registries().items():
+        value = cfg.get(dotted)
+        if value not in registry:
+            raise ConfigError(f"{source}: `{dotted}` must be one of {', '.join(sorted(registry))}, but got "
+                              f"{dotted}={value!r}.{did_you_mean(str(value), registry)}")

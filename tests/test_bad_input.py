@@ -395,6 +395,10 @@ EXPERIMENT_CASES = [
     Case("train --set unknown key", train_set("optim.lrr=1"), "--set optim.lrr=1"),
     Case("train --set bad value", train_set("optim.epochs=0"), "optim.epochs"),
     Case("train --set without =", train_set("optim.epochs"), "optim.epochs"),
+    Case("train: unknown loss (before the cache is built)", train_set("loss.name=focall"),
+         "`loss.name` must be one of bce, bce_topk, combined_focal, focal, weighted_bce, but got loss.name='focall'. "
+         "Did you mean 'focal'?"),
+    Case("train: unknown preset", train_set("model.preset=tinny"), "`model.preset` must be one of"),
     Case("train --threads 0", lambda folder, ws: [*experiment({"device": "cpu"})(folder, ws), "--threads", "0"],
          "--threads"),
 ]

@@ -37,8 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from motorsearch.config import load_experiment
     from motorsearch.errors import ConfigError
+    from motorsearch.registry import check_registered
 
     cfg = load_experiment(args.experiment, args.overrides)
+    check_registered(cfg, source=str(args.experiment))  # before the data cache is prepared
     out = Path(args.out)
     if out.is_dir():
         raise ConfigError(f"`--out` must be a file path, but got the folder --out={out}.")

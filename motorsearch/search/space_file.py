@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +39,7 @@ from motorsearch.config import (
 )
 from motorsearch.errors import ConfigError
 from motorsearch.objective import MODES, OBJECTIVES, Objective
-from motorsearch.registry import did_you_mean
+from motorsearch.registry import check_registered, config_registries, did_you_mean
 from motorsearch.search.space import (
     PARAMETER_TYPES,
     ConfirmSpec,
@@ -130,10 +130,7 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         set_dotted(base_raw, "data.cache_dir", str(Path(ExperimentConfig().data.cache_dir).resolve()))
     source = f"{path} (experiment {experiment or 'defaults'} with overrides)"
     base = from_dict(base_raw, source=source)
-    for dotted, registry in _registries().items():
-        if base.get(dotted) not in registry:
-            raise ConfigError(f"{source}: `{dotted}` must be one of {', '.join(sorted(registry))}, but got "
-                              f"{dotted}={base.get(dotted)!r}.{did_you_mean(str(base.get(dotted)), registry)}")
+    check_registered(base, source=source)
 
     space = SearchSpace(
         name=file.name or path.stem,
@@ -326,16 +323,8 @@ def _when(path: Path, key: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], 
     return tuple((str(p), tuple(v) if isinstance(v, list) else (v,)) for p, v in raw.items())
 
 
-def _registries() -> dict[str, Mapping[str, Any]]:
-    """Config fields whose values name registry entries (checked at load, not when a trial builds them)."""
-    from motorsearch.losses import LOSSES
-    from motorsearch.model.presets import PRESETS
-
-    return {"loss.name": LOSSES, "model.preset": PRESETS}
-
-
 def _check_registered(path: Path, dotted: str, value: Any) -> None:
-    registry = _registries().get(dotted)
+    registry = config_registries().get(dotted)
     if registry is not None and value not in registry:
         raise ConfigError(f"{path}: `parameters.{dotted}` can take {value!r}, which is not one of "
                           f"{', '.join(sorted(registry))}.{did_you_mean(str(value), registry)}")
