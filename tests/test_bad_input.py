@@ -104,6 +104,21 @@ def run_on_data(change: Callable[[Path], None]) -> Build:
     return build
 
 
+def prepare_or_train_on_data(name: str, change: Callable[[Path], None]) -> Build:
+    """``prepare`` or ``train`` over a copy of the dataset that ``change(root)`` breaks: the cache folder
+    it would make (``<folder>/cache``) must not be left behind, lock file included."""
+    def build(folder: Path, ws: Workspace) -> list[str]:
+        root = copy_data(folder, ws)
+        change(root)
+        cache = ["--set", f"data.cache_dir={folder / 'cache'}"]
+        if name == "prepare":
+            return ["prepare", "--data", str(root), *cache]
+        path = folder / "experiment.yaml"
+        path.write_text(yaml.safe_dump({"device": "cpu", "data": {"root": str(root), "cache_dir": str(folder / "cache")}}))
+        return ["train", str(path), "--out", str(folder / "out" / "model.pt")]
+    return build
+
+
 def labels_cell(line: int, column: str, value: str) -> Callable[[Path], None]:
     """Set one cell of ``train_labels.csv`` (line 1 is the header)."""
     def change(root: Path) -> None:
@@ -348,6 +363,10 @@ DATA_CASES = [
     Case("slice truncated", run_on_data(lambda root: slices(root)[3].write_bytes(slices(root)[3].read_bytes()[:40])),
          "slice_0003.jpg"),
     Case("slice missing in the middle", run_on_data(lambda root: slices(root)[2].unlink()), "missing below the highest"),
+    Case("prepare: slice corrupt", prepare_or_train_on_data("prepare", lambda root: slices(root)[5].write_bytes(b"x")),
+         "slice_0005.jpg: cannot decode the JPEG slice"),
+    Case("train: slice corrupt", prepare_or_train_on_data("train", lambda root: slices(root)[5].write_bytes(b"x")),
+         "slice_0005.jpg: cannot decode the JPEG slice"),
     Case("slice badly named", run_on_data(lambda root: slices(root)[1].rename(slices(root)[1].with_name("slice_x1.jpg"))),
          "slice files must be named slice_NNNN.jpg"),
     Case("slice numbered twice", run_on_data(lambda root: shutil.copyfile(slices(root)[1], slices(root)[1].with_name(

@@ -58,7 +58,7 @@ from motorsearch.config import DataConfig
 from motorsearch.data import preprocess
 from motorsearch.data.folds import assign_folds
 from motorsearch.data.records import TomogramRecord
-from motorsearch.errors import DataError
+from motorsearch.errors import DataError, InputError
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -153,15 +153,24 @@ def prepare(cfg: DataConfig, *, split: str = "train", progress: bool = False,
     test split); without it such a split raises DataError. Readers are only opened when building.
     Resampling uses PyTorch's intra-op threads: in a process forked from one that already ran
     PyTorch ops, call ``torch.set_num_threads(1)`` first (OpenMP does not survive a fork).
+
+    Data that cannot be read (InputError) leaves nothing behind when this call made ``cache_dir``:
+    the folder, its lock file and any synthetic dataset in it go (a refused command writes nothing).
     """
     from motorsearch.data.sources import open_records  # the readers; imported late (heavy, optional)
 
-    return prepare_records(
-        lambda: open_records(cfg, split=split),
-        identity=source_identity(cfg, split),
-        cache_dir=cfg.cache_dir, spacing=cfg.spacing, assume_spacing=assume_spacing,
-        n_folds=cfg.n_folds, split_seed=cfg.split_seed, progress=progress, workers=workers,
-    )
+    new_folder = not Path(cfg.cache_dir).exists()
+    try:
+        return prepare_records(
+            lambda: open_records(cfg, split=split),
+            identity=source_identity(cfg, split),
+            cache_dir=cfg.cache_dir, spacing=cfg.spacing, assume_spacing=assume_spacing,
+            n_folds=cfg.n_folds, split_seed=cfg.split_seed, progress=progress, workers=workers,
+        )
+    except InputError:
+        if new_folder:
+            shutil.rmtree(cfg.cache_dir, ignore_errors=True)
+        raise
 
 
 def prepare_records(records: Callable[[], Sequence[TomogramRecord]], *, identity: dict[str, Any],

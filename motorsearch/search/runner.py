@@ -213,13 +213,7 @@ def prepare_data(space: SearchSpace, *, out: Any = None) -> list[Path]:
         cfg = space.trial_config(values, source=f"{space.source} (data preparation)")
         if out is not None:
             print(f"preparing data cache ({_describe(values) or 'base experiment'}) in {cfg.data.cache_dir}", file=out)
-        new_folder = not Path(cfg.data.cache_dir).exists()
-        try:
-            roots.append(prepare(cfg.data, progress=out is not None).root)
-        except InputError:  # unreadable data: a cache folder this call made holds nothing worth keeping
-            if new_folder:
-                shutil.rmtree(cfg.data.cache_dir, ignore_errors=True)
-            raise
+        roots.append(prepare(cfg.data, progress=out is not None).root)  # unreadable data leaves no new folder
     return roots
 
 
