@@ -309,7 +309,13 @@ def test_corrupt_jpeg_leaves_no_cache(tmp_path, kaggle_root):
     cache_dir = tmp_path / "cache"
     with pytest.raises(DataError, match="slice_0002.jpg"):
         prepare(DataConfig(root=str(root), cache_dir=str(cache_dir)))
-    assert leftovers(cache_dir) == []
+    assert not cache_dir.exists()  # the folder this call made goes too, lock file and all
+
+    cache_dir.mkdir()  # a cache folder that was there before stays, with no cache and no temporary in it
+    (cache_dir / "other.txt").write_text("kept")
+    with pytest.raises(DataError, match="slice_0002.jpg"):
+        prepare(DataConfig(root=str(root), cache_dir=str(cache_dir)))
+    assert leftovers(cache_dir) == [] and (cache_dir / "other.txt").read_text() == "kept"
 
 
 def test_synthetic_identity_follows_the_settings():

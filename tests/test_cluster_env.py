@@ -2,9 +2,10 @@
 
 import contextlib
 import ipaddress
+import json
 import os
-import stat
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,25 +70,44 @@ def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+# Run in a child process: a Ray started with token authentication leaves this process's Ray client
+# in token mode (read once per process), which would break every later local Ray of the test session.
+_LISTENING_CHILD = """
+import json, os, stat, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import ray
+from test_cluster_env import descendants, is_loopback, listening_addresses
+from motorsearch.search.cluster import connect_ray
+info = connect_ray()
+try:
+    deadline, sockets = time.monotonic() + 30, []
+    while time.monotonic() < deadline:  # the dashboard agent opens its ports (metrics too) last
+        sockets = listening_addresses(descendants(os.getpid()))
+        if len(sockets) >= 8:
+            break
+        time.sleep(1)
+    token = Path(os.environ["HOME"]) / ".ray" / "auth_token"
+    print(json.dumps({"started_here": info.started_here, "dashboard": info.dashboard_url,
+                      "node": info.nodes[0].address, "sockets": [[str(a), port] for a, port, _ in sockets],
+                      "off_loopback": [[str(a), port] for a, port, _ in sockets if not is_loopback(a)],
+                      "token_mode": stat.S_IMODE(token.stat().st_mode) if token.is_file() else None}))
+finally:
+    ray.shutdown()
+"""
+
+
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from Linux's /proc")
-def test_a_local_search_ray_listens_on_127_0_0_1_only_and_its_token_is_private(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes its token under the home folder
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # token authentication on, as for a user
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster a plain ray.init() would try to join
-    info = connect_ray()
-    try:
-        assert info.started_here and info.dashboard_url.startswith("http://127.0.0.1:")
-        assert info.nodes[0].address == "127.0.0.1"
-        deadline = time.monotonic() + 30
-        sockets = []
-        while time.monotonic() < deadline:  # the dashboard agent opens its ports (metrics too) last
-            sockets = listening_addresses(descendants(os.getpid()))
-            if len(sockets) >= 8:
-                break
-            time.sleep(1)
-        assert len(sockets) >= 8, sockets  # GCS, raylet, workers, dashboard and its agent: all found
-        assert [s for s in sockets if not is_loopback(s[0])] == []
-        token = tmp_path / ".ray" / "auth_token"
-        assert token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600
-    finally:
-        ray.shutdown()
+def test_a_local_search_ray_listens_on_127_0_0_1_only_and_its_token_is_private(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path),  # Ray writes its token under the home folder
+           "RAY_ADDRESS": "127.0.0.1:1"}  # a cluster a plain ray.init() would try to join
+    env.pop("RAY_AUTH_MODE", None)  # token authentication on, as for a user
+    child = subprocess.run([sys.executable, "-c", _LISTENING_CHILD, str(Path(__file__).parent)], env=env,
+                           capture_output=True, text=True, timeout=180)
+    assert child.returncode == 0, child.stderr[-3000:]
+    seen = json.loads(child.stdout.strip().splitlines()[-1])
+    assert seen["started_here"] and seen["dashboard"].startswith("http://127.0.0.1:")
+    assert seen["node"] == "127.0.0.1"
+    assert len(seen["sockets"]) >= 8, seen  # GCS, raylet, workers, dashboard and its agent: all found
+    assert seen["off_loopback"] == []
+    assert seen["token_mode"] == 0o600
