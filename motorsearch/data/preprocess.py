@@ -80,7 +80,8 @@ def resample(volume: np.ndarray, factor: float, *, out: np.ndarray | None = None
     for start in range(0, new_shape[0], chunk):
         stop = min(start + chunk, new_shape[0])
         first, last = int(z_low[start]), int(z_high[stop - 1])
-        slab = torch.from_numpy(np.ascontiguousarray(volume[first:last + 1])).float()
+        # float32 copy: the source may be a read-only memory map, which torch.from_numpy warns about
+        slab = torch.from_numpy(np.array(volume[first:last + 1], dtype=np.float32))
         if plane != tuple(volume.shape[1:]):
             slab = F.interpolate(slab[None], size=plane, mode="bilinear", align_corners=False)[0]
         low = torch.from_numpy(z_low[start:stop] - first)
