@@ -36,6 +36,7 @@ import pandas as pd
 from motorsearch.config import from_dict
 from motorsearch.errors import ConfigError, InputError
 from motorsearch.objective import Objective, sort_sign
+from motorsearch.search.space import Resources, SearchSpace, is_uri
 from motorsearch.tracking import schema
 
 ALL_FOLDS = "all"
@@ -137,7 +138,7 @@ def plan_confirmation(client: Any, search: Any, *, top_k: int, folds: list[int] 
         tracking_uri=client.tracking_uri, objective=objective, candidates=candidates, jobs=jobs,
         resources=resources or _json(params.get("resources"), {"cpu": 1.0, "gpu": 0.0}),
         max_concurrent=max_concurrent if max_concurrent is not None else _json(params.get("max_concurrent"), None),
-        max_failures=max_failures if max_failures is not None else 2,
+        max_failures=max_failures if max_failures is not None else SearchSpace.max_failures,
         storage_path=storage_path or tags.get(schema.STORAGE_PATH) or str(Path("runs").resolve()),
         address=address if address is not None else _address(tags.get(schema.RAY_ADDRESS)))
     for job in jobs:  # every config must load before a trial starts
@@ -152,7 +153,6 @@ def run_confirmation(plan: ConfirmPlan, *, out: Any = None) -> pd.DataFrame:
     from motorsearch.environment import restored
     from motorsearch.search.cluster import check_request, check_storage, connect_ray, dashboard_message
     from motorsearch.search.runner import NO_AUTO_LOGGERS, REUSE_ACTORS, result_loggers, trial_dirname
-    from motorsearch.search.space import Resources, is_uri
     from motorsearch.tracking.search_runs import TrialTracker
 
     out = out or sys.stdout
@@ -176,7 +176,8 @@ def run_confirmation(plan: ConfirmPlan, *, out: Any = None) -> pd.DataFrame:
         run_config=tune.RunConfig(name=name, storage_path=plan.storage_path, callbacks=result_loggers([tracker]),
                                   failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(
-                                      num_to_keep=2, checkpoint_score_attribute=plan.objective.metric,
+                                      num_to_keep=SearchSpace.checkpoints_to_keep,
+                                      checkpoint_score_attribute=plan.objective.metric,
                                       checkpoint_score_order=plan.objective.mode),
                                   verbose=1))
     print(f"confirming {len(plan.candidates)} configuration(s) of {plan.experiment_name!r} on "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -94,7 +93,7 @@ def describe(exported: ExportedEnsemble, metric: str = "val_f2") -> list[str]:
     """What ``export --ensemble`` prints: the members and the ensemble's score next to theirs."""
     members = ", ".join(f"{trial} ({values.get(metric, float('nan')):.3f})"
                         for trial, values in zip(exported.member_trial_ids, exported.member_metrics, strict=True))
-    ensemble: Any = exported.metrics.get(metric, float("nan"))
+    ensemble = exported.metrics.get(metric, float("nan"))
     return [f"ensemble of {len(exported.member_run_ids)} trials of experiment {exported.experiment_name!r} "
             f"({exported.ranking}): {members} by {metric} at their best epoch",
             f"the ensemble on the same validation fold: {metric}={ensemble:.3f}, val_ap="
