@@ -70,7 +70,7 @@ class SpaceFile:
     metric: str = "val_f2"
     mode: Literal[MODES] = "max"
     objective: Literal[OBJECTIVES] = "best"
-    num_samples: int = 8
+    num_samples: int = SearchSpace.num_samples
     max_concurrent: int | None = None
     resources: Resources = field(default_factory=Resources)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
@@ -79,8 +79,8 @@ class SpaceFile:
     storage_path: str | None = None
     storage_shared: bool = False
     address: str | None = None
-    max_failures: int = 2
-    checkpoints_to_keep: int = 2
+    max_failures: int = SearchSpace.max_failures
+    checkpoints_to_keep: int = SearchSpace.checkpoints_to_keep
     budget_epochs: int | None = None
     confirm: ConfirmSpec | None = None
     parameters: Any = None  # read by _parameters, against the base experiment
@@ -93,7 +93,6 @@ class SpaceFile:
         require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be at least 1", self.checkpoints_to_keep)
         require(self.budget_epochs is None or self.budget_epochs >= 1, "budget_epochs", "must be at least 1",
                 self.budget_epochs)
-
 
 
 def load_space(path: str | Path, *, overrides: Sequence[str] = (), name: str | None = None,
