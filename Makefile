@@ -15,18 +15,13 @@ RAY_DASHBOARD_PORT ?= 8265
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[test]"
-	touch $(STAMP)
-
-# optuna-dashboard is an optional extra: installed on first use
-$(VENV)/.dashboards: $(STAMP)
 	$(VENV)/bin/pip install --quiet -e ".[test,dashboards]"
-	touch $@
+	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m motorsearch run search_spaces/demo.yaml
 
-test: $(VENV)/.dashboards
+test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
@@ -47,7 +42,7 @@ study-v2: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000
 
-optuna-dashboard: $(VENV)/.dashboards
+optuna-dashboard: $(STAMP)
 	$(VENV)/bin/optuna-dashboard $(STUDY) --host 127.0.0.1 --port 8080
 
 # A Ray head that outlives searches: run them with --address auto. Token auth is on (Ray 2.60's default).

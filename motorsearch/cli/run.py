@@ -140,8 +140,8 @@ def dashboards_message(space: SearchSpace, outcome: SearchOutcome, search: Searc
     dashboard = env_command("optuna-dashboard")
     lines.append(f"optuna study: {dashboard} {outcome.study_storage}   (then open {OPTUNA_DASHBOARD})")
     if shutil.which(dashboard) is None:
-        lines.append("  optuna-dashboard is not installed: `make optuna-dashboard` in the motorsearch checkout installs "
-                     "and starts it, or pip install the extra motorsearch[dashboards]")
+        lines.append("  optuna-dashboard is not installed: pip install the extra motorsearch[dashboards] (the "
+                     "checkout's Makefile installs it with everything else)")
     cluster = outcome.cluster
     if cluster is not None and cluster.started_here:
         lines.append("Ray dashboard: closed with the search's local Ray; `make ray-start` keeps one open for the "
