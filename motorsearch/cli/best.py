@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     confirmed = confirmed_trials(table)
     key = schema.confirmed_key(objective.value_key)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 32):
-        print(shown.drop(columns=["run_id"]).assign(run_id=shown["run_id"].str[:12]).to_string(index=False))
+        confirmed_columns = [c for c in shown.columns if c.startswith(schema.CONFIRMED_PREFIX)]  # their own table
+        print(shown.drop(columns=["run_id", *confirmed_columns]).assign(run_id=shown["run_id"].str[:12])
+              .to_string(index=False))
         if len(confirmed):
             print(f"\nconfirmed ranking of {len(confirmed)} trials (mean {objective.value_key} over "
                   f"{confirmed[schema.CONFIRMED_FOLDS].max():.0f} folds, sd = spread; export picks the first):")

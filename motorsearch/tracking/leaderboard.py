@@ -118,7 +118,8 @@ def leaderboard(client: MlflowClient, search: Any) -> pd.DataFrame:
             columns[f"metrics.{name}"] = name
     table = pd.DataFrame({new: frame[old] if old in frame else pd.Series([math.nan] * len(frame), dtype=float)
                           for old, new in columns.items()})
-    for column in sorted(c for c in frame.columns if c.startswith("params.")):
+    # the trials' own parameters (confirmation and refit runs, filtered out above, have others)
+    for column in sorted(c for c in frame.columns if c.startswith("params.") and frame[c].notna().any()):
         table[column.removeprefix("params.")] = frame[column]
     group = table["status"].map(lambda status: schema.STATUS_RANK.get(status, len(schema.STATUS_RANK)))
     table = (table.assign(_group=group, _missing=table[value].isna())
