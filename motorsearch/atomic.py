@@ -51,20 +51,6 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns ``path``."""
-    with replacing(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def copy_file(source: str | Path, path: str | Path) -> Path:
-    """Copy the file ``source`` to ``path`` atomically; returns ``path``."""
-    with replacing(path) as tmp:
-        shutil.copyfile(source, tmp)
-    return Path(path)
-
-
 def copy_folder(source: str | Path, path: str | Path) -> Path:
     """Copy the folder ``source`` to ``path`` atomically (an existing ``path`` is replaced); returns ``path``."""
     with replacing(path) as tmp:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from motorsearch.atomic import TEMPORARY_MARK, copy_folder, replacing, temporary_name, write_bytes, write_text
+from motorsearch.atomic import TEMPORARY_MARK, copy_folder, replacing, temporary_name, write_text
 
 
 def test_a_file_is_replaced_in_one_step_and_the_parent_made(tmp_path):
     target = tmp_path / "deep" / "er" / "report.md"
     assert write_text(target, "first") == target and target.read_text() == "first"
-    write_bytes(target, b"second")
-    assert target.read_bytes() == b"second"
+    write_text(target, "second")
+    assert target.read_text() == "second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.md"]
 
 
